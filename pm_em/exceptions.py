@@ -1,0 +1,29 @@
+"""Warning classes of pm_em, so that users can filter each kind on its own."""
+
+
+class EMWarning(UserWarning):
+    """Base class of every warning pm_em emits."""
+
+
+class EMConvergenceWarning(EMWarning):
+    """EM stopped at ``max_iter`` before the log posterior settled within ``tol``."""
+
+
+class NonMonotoneWarning(EMWarning):
+    """The observed-data log posterior decreased between two EM iterations.
+
+    EM cannot decrease it, so a decrease beyond floating-point noise means an M-step that
+    did not improve its objective (e.g. an optimizer that stopped early) or a bug.
+    """
+
+
+class EmptyComponentWarning(EMWarning):
+    """A value of a categorical latent has (almost) no responsibility left at the estimate."""
+
+
+class DegenerateRunWarning(EMWarning):
+    """A restart was abandoned because the likelihood became unbounded (a collapsed component)."""
+
+
+class DegenerateFitError(ValueError):
+    """Every EM run ended in a degenerate point (unbounded likelihood)."""

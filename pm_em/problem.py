@@ -1,0 +1,470 @@
+"""Read a PyMC model once and describe its EM problem.
+
+All knowledge of PyMC's graph internals lives in this module. `build_problem` turns a model
+into an `EMProblem`: the finite discrete latents with their supports and the pytensor graph of
+their joint log density for every support value at once, the continuous parameters as one
+flat vector in the unconstrained space, the log prior, and what the results need (constrained
+values, Deterministics, pointwise log likelihoods). Nothing here is compiled for speed; the
+E- and M-steps compile what they need from these graphs.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pymc as pm
+import pytensor
+import pytensor.tensor as pt
+from pymc.pytensorf import join_nonshared_inputs
+from pytensor.graph.basic import Constant, Variable
+from pytensor.graph.replace import vectorize_graph
+from pytensor.graph.traversal import ancestors
+from pytensor.tensor.sharedvar import TensorSharedVariable
+
+from pm_em.support import finite_support
+
+__all__ = ["EMProblem", "Latent", "build_problem"]
+
+# Python-linked compilation: the one-off checks below run once per model, and must not pay
+# the backend's (numba's) compile time.
+_CHECK_MODE = "FAST_COMPILE"
+
+
+@dataclass(frozen=True)
+class Latent:
+    """A finite discrete latent variable and its enumerated joint log density.
+
+    Attributes
+    ----------
+    name : str
+        The model variable.
+    support : ndarray of shape (n_support,)
+        The values it can take.
+    shape : tuple of int
+        Its shape (the batch of independent latent elements).
+    dims : tuple of str
+        Dim names of its elements: the model's, or ``"<name>_dim_<i>"``.
+    support_dim : str
+        Name of the trailing dim that indexes ``support`` (``"<name>_support"``).
+    kind : str
+        Its distribution (``"Categorical"``, ``"Bernoulli"``, ...).
+    dependents : tuple of str
+        The observed variables and potentials whose density involves it.
+    observed : tuple of str
+        The observed ones among them.
+    values_per_element : int
+        How many observed values each latent element explains (1 for a univariate mixture,
+        d for rows of length d).
+    log_joint : TensorVariable of shape (*shape, n_support)
+        log p(z_i = k, dependents_i | θ) for every element i and support value k, as a
+        function of the flat parameter vector `EMProblem.x`.
+    """
+
+    name: str
+    support: np.ndarray
+    shape: tuple[int, ...]
+    dims: tuple[str, ...]
+    support_dim: str
+    kind: str
+    dependents: tuple[str, ...]
+    observed: tuple[str, ...]
+    values_per_element: int
+    log_joint: Variable = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A continuous free variable, estimated by the M-step."""
+
+    name: str
+    value_name: str
+    shape: tuple[int, ...]
+    size: int
+
+
+@dataclass(frozen=True)
+class EMProblem:
+    """What EM needs to know about a model, as graphs of one flat parameter vector ``x``.
+
+    The observed-data log posterior is
+    ``log_prior + sum(log_lik_rest) + sum_j sum_i logsumexp_k latents[j].log_joint[i, k]``.
+    """
+
+    model: pm.Model
+    latents: tuple[Latent, ...]
+    params: tuple[Parameter, ...]
+    x: Variable = field(repr=False)
+    log_prior: Variable = field(repr=False)
+    prior_terms: dict[str, Variable] = field(repr=False)
+    log_lik_rest: dict[str, Variable] = field(repr=False)
+    constrained: dict[str, Variable] = field(repr=False)
+    deterministics: dict[str, Variable] = field(repr=False)
+    start: np.ndarray = field(repr=False)
+
+    @property
+    def n_params(self) -> int:
+        """Length of the unconstrained parameter vector."""
+        return sum(p.size for p in self.params)
+
+    def to_x(self, point: dict[str, np.ndarray]) -> np.ndarray:
+        """Ravel a point {value variable name: value} into the flat vector."""
+        parts = [np.asarray(point[p.value_name], dtype="float64").ravel() for p in self.params]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def from_x(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Split the flat vector into {value variable name: value}."""
+        out, i = {}, 0
+        for p in self.params:
+            out[p.value_name] = np.asarray(x[i : i + p.size]).reshape(p.shape)
+            i += p.size
+        return out
+
+
+def build_problem(model: pm.Model, latent: Sequence[str] | None = None) -> EMProblem:
+    """Describe the EM problem of ``model``.
+
+    Parameters
+    ----------
+    model : pm.Model
+        The model, with discrete latent variables as free variables.
+    latent : sequence of str, optional
+        Names of the latent variables to sum out. Default: every discrete free variable.
+
+    Returns
+    -------
+    EMProblem
+
+    Raises
+    ------
+    ValueError
+        For a latent with infinite support, latents whose elements interact, observed data
+        that is not finite, or a discrete free variable left out of ``latent``.
+    """
+    _check_observed(model)
+    latent_rvs = _select_latents(model, latent)
+    initial_point = model.initial_point()
+    rv_names = {rv.name for rv in model.basic_RVs}
+    blockers = set(model.basic_RVs)
+
+    groups = {z: _dependents(model, z, blockers) for z in latent_rvs}
+    owner_of: dict[Variable, Variable] = {}
+    for z, deps in groups.items():
+        for dep in deps:
+            _check_dependent(model, z, dep, latent_rvs, owner_of)
+            owner_of[dep] = z
+
+    params_rvs = [rv for rv in model.free_RVs if rv not in latent_rvs]
+    params = tuple(
+        Parameter(
+            name=rv.name,
+            value_name=model.rvs_to_values[rv].name,
+            shape=np.shape(initial_point[model.rvs_to_values[rv].name]),
+            size=int(np.size(initial_point[model.rvs_to_values[rv].name])),
+        )
+        for rv in params_rvs
+    )
+    # The log prior: free parameters (no Jacobian, as find_MAP) and parameter-only potentials.
+    prior_vars = params_rvs + [p for p in model.potentials if p not in owner_of]
+    prior_terms = dict(
+        zip(
+            [v.name for v in prior_vars],
+            [t.sum() for t in model.logp(vars=prior_vars, jacobian=False, sum=False)]
+            if prior_vars
+            else [],
+            strict=True,
+        )
+    )
+    rest_obs = [rv for rv in model.observed_RVs if rv not in owner_of]
+    log_lik_rest = dict(
+        zip(
+            [rv.name for rv in rest_obs],
+            model.logp(vars=rest_obs, jacobian=False, sum=False) if rest_obs else [],
+            strict=True,
+        )
+    )
+    latents_raw = [_latent_graph(model, z, groups[z], initial_point) for z in latent_rvs]
+    latent_dependent = set(latent_rvs)
+    deterministics = {
+        d.name: d
+        for d in model.deterministics
+        if not (set(ancestors([d], blockers=blockers)) & latent_dependent)
+    }
+    det_graphs = model.replace_rvs_by_values(list(deterministics.values()))
+    constrained = model.replace_rvs_by_values(params_rvs)
+
+    # One flat input for every graph, so that the E-step, M-step and results share it.
+    outputs = [
+        *(lg for _, lg in latents_raw),
+        *prior_terms.values(),
+        *log_lik_rest.values(),
+        *constrained,
+        *det_graphs,
+    ]
+    value_vars = [model.rvs_to_values[rv] for rv in params_rvs]
+    point = {v.name: initial_point[v.name] for v in value_vars}
+    if value_vars:
+        outputs, x = join_nonshared_inputs(point, outputs, value_vars)
+    else:
+        x = pt.vector("x", dtype="float64")
+    outputs = list(outputs)
+
+    def take(n):
+        taken = outputs[:n]
+        del outputs[:n]
+        return taken
+
+    latents = tuple(
+        replace(spec, log_joint=lg)
+        for (spec, _), lg in zip(latents_raw, take(len(latents_raw)), strict=True)
+    )
+    prior_terms = dict(zip(prior_terms, take(len(prior_terms)), strict=True))
+    log_lik_rest = dict(zip(log_lik_rest, take(len(log_lik_rest)), strict=True))
+    constrained = dict(zip([rv.name for rv in params_rvs], take(len(params_rvs)), strict=True))
+    deterministics = dict(zip(deterministics, take(len(deterministics)), strict=True))
+    log_prior = pt.add(*prior_terms.values()) if prior_terms else pt.constant(0.0, dtype="float64")
+
+    problem = EMProblem(
+        model=model,
+        latents=latents,
+        params=params,
+        x=x,
+        log_prior=log_prior,
+        prior_terms=prior_terms,
+        log_lik_rest=log_lik_rest,
+        constrained=constrained,
+        deterministics=deterministics,
+        start=np.zeros(0),
+    )
+    start = problem.to_x(point) if value_vars else np.zeros(0)
+    problem = replace(problem, start=start)
+    for spec in latents:
+        _check_separable(problem, spec, rv_names)
+    return problem
+
+
+def _observed_data(model: pm.Model, rv: Variable) -> np.ndarray | None:
+    value = model.rvs_to_values.get(rv)
+    if isinstance(value, Constant):
+        return np.asarray(value.data)
+    if isinstance(value, TensorSharedVariable):
+        return np.asarray(value.get_value())
+    return None
+
+
+def _check_observed(model: pm.Model) -> None:
+    if not model.observed_RVs:
+        raise ValueError(
+            "The model has no observed variable: EM needs data. Pass `observed=` to the "
+            "likelihood."
+        )
+    for rv in model.observed_RVs:
+        data = _observed_data(model, rv)
+        if data is None or not np.issubdtype(data.dtype, np.number):
+            continue
+        if np.isnan(data).any():
+            raise ValueError(
+                f"Observed variable '{rv.name}' contains NaN that PyMC did not impute (NaN "
+                "inside `pm.Data` is passed on as is). Pass the data as a plain or masked "
+                "array to `observed=` so that PyMC imputes it, or drop the incomplete rows."
+            )
+        if np.isinf(data).any():
+            raise ValueError(
+                f"Observed variable '{rv.name}' contains infinite values. Remove or correct "
+                "those entries; EM needs finite data."
+            )
+
+
+def _is_discrete(rv: Variable) -> bool:
+    return rv.type.dtype.startswith(("int", "uint", "bool"))
+
+
+def _select_latents(model: pm.Model, latent: Sequence[str] | None) -> list[Variable]:
+    discrete = [rv for rv in model.free_RVs if _is_discrete(rv)]
+    if latent is None:
+        chosen = discrete
+    else:
+        if isinstance(latent, str):
+            latent = [latent]
+        chosen = []
+        for name in latent:
+            if name not in model.named_vars:
+                raise ValueError(
+                    f"`latent` names '{name}', which is not a variable of the model. "
+                    f"Free variables: {[rv.name for rv in model.free_RVs]}."
+                )
+            rv = model[name]
+            if rv not in model.free_RVs or not _is_discrete(rv):
+                raise ValueError(
+                    f"`latent` names '{name}', which is not a discrete free variable. EM sums "
+                    "out discrete latents; continuous variables are estimated by the M-step."
+                )
+            chosen.append(rv)
+        left = [rv.name for rv in discrete if rv not in chosen]
+        if left:
+            raise ValueError(
+                f"Discrete free variable(s) {left} are not in `latent`. The M-step can only "
+                "optimize continuous parameters: add them to `latent`, or fix their values "
+                "with `pm.do`/`pm.observe`."
+            )
+    return chosen
+
+
+def _dependents(model: pm.Model, z: Variable, blockers: set[Variable]) -> list[Variable]:
+    """Variables and potentials whose density involves ``z`` directly (not through an RV)."""
+    others = blockers - {z}
+    deps = []
+    for rv in model.basic_RVs:
+        if rv is z:
+            continue
+        if z in ancestors(rv.owner.inputs, blockers=others):
+            deps.append(rv)
+    deps.extend(p for p in model.potentials if z in ancestors([p], blockers=others))
+    return deps
+
+
+def _check_dependent(model, z, dep, latent_rvs, owner_of) -> None:
+    if dep in owner_of:
+        raise ValueError(
+            f"'{dep.name}' depends on both latent '{owner_of[dep].name}' and latent '{z.name}'. "
+            "pm_em enumerates each latent on its own, which is exact only when no variable "
+            "depends on two latents; combine them into one Categorical over the joint states."
+        )
+    if dep in latent_rvs:
+        raise ValueError(
+            f"Latent '{dep.name}' depends on latent '{z.name}'. pm_em enumerates each latent on "
+            "its own, which is exact only for independent latents; combine them into one "
+            "Categorical over the joint states."
+        )
+    if dep in model.free_RVs:
+        raise ValueError(
+            f"Free variable '{dep.name}' depends on latent '{z.name}'. The M-step estimates "
+            "continuous variables given the latents' distribution, which needs them to be "
+            "parameters, not children, of the latent. Reparameterize so that only observed "
+            "variables and potentials depend on a latent."
+        )
+
+
+def _shapes(model: pm.Model, graphs: list[Variable], point: dict) -> list[tuple[int, ...]]:
+    inputs = [v for v in model.value_vars if v.name in point]
+    fn = pytensor.function(
+        inputs, [g.shape for g in graphs], mode=_CHECK_MODE, on_unused_input="ignore"
+    )
+    return [tuple(int(s) for s in shp) for shp in fn(*(point[v.name] for v in inputs))]
+
+
+def _latent_graph(model, z, deps, point) -> tuple[Latent, Variable]:
+    """Build log p(z_i = k, deps_i | θ) of shape (*z.shape, K), in value-variable terms."""
+    name = z.name
+    support = finite_support(z, name)
+    zv = model.rvs_to_values[z]
+    terms = model.logp(vars=[z, *deps], jacobian=False, sum=False)
+    z_shape = tuple(np.shape(point[zv.name]))
+    shapes = _shapes(model, terms, point)
+    aligned = [
+        _align(term, shp, z_shape, dep_name, name)
+        for term, shp, dep_name in zip(terms, shapes, [name, *(d.name for d in deps)], strict=True)
+    ]
+    group = pt.add(*aligned)
+    # Every element of z takes support value k at once: entry [k, i] is element i's term.
+    k_first = pt.as_tensor(support.reshape((-1,) + (1,) * len(z_shape)))
+    enumerated = pt.broadcast_to(k_first, (support.size, *z_shape)).astype(zv.dtype)
+    log_joint = vectorize_graph(group, replace={zv: enumerated})
+    log_joint = pt.moveaxis(log_joint, 0, -1)  # (*z_shape, K)
+    dims = model.named_vars_to_dims.get(name) or ()
+    dims = tuple(
+        d if d is not None else f"{name}_dim_{i}"
+        for i, d in enumerate(dims or [None] * len(z_shape))
+    )
+    observed = tuple(d.name for d in deps if d in model.observed_RVs)
+    n_elements = max(int(np.prod(z_shape)), 1)
+    n_values = sum(
+        int(np.size(_observed_data(model, d))) for d in deps if d in model.observed_RVs
+    )
+    spec = Latent(
+        name=name,
+        support=support,
+        shape=z_shape,
+        dims=dims,
+        support_dim=f"{name}_support",
+        kind=type(z.owner.op).__name__.removesuffix("RV"),
+        dependents=tuple(d.name for d in deps),
+        observed=observed,
+        values_per_element=max(n_values // n_elements, 1),
+        log_joint=log_joint,
+    )
+    return spec, log_joint
+
+
+def _align(term, shape, z_shape, dep_name, z_name):
+    """Reduce a dependent's elementwise log density to one term per latent element."""
+    nz = len(z_shape)
+    if shape == z_shape:
+        return term
+    if nz == 0:
+        return term.sum()
+    if len(shape) > nz and shape[:nz] == z_shape:
+        return term.sum(axis=tuple(range(nz, len(shape))))
+    if len(shape) > nz and shape[-nz:] == z_shape:
+        return term.sum(axis=tuple(range(len(shape) - nz)))
+    raise ValueError(
+        f"The density of '{dep_name}' (elementwise shape {shape}) does not split into one term "
+        f"per element of latent '{z_name}' (shape {z_shape}), so the latent's elements interact "
+        "and enumerating each element on its own would be wrong. Give the dependent one entry "
+        "(or one row) per latent element."
+    )
+
+
+def _check_separable(problem: EMProblem, spec: Latent, rv_names) -> None:
+    """Refuse a latent whose joint density does not split into one term per element.
+
+    Enumeration computes each element's term with every element set to the same value.
+    That equals the true joint density only if element i's term depends on z_i alone, so
+    compare the two on random assignments at a random parameter point: they agree exactly
+    for a separable density and (almost surely) differ otherwise.
+    """
+    model = problem.model
+    z = model[spec.name]
+    zv = model.rvs_to_values[z]
+    deps = [model[d] for d in spec.dependents]
+    joint = pt.add(*[t.sum() for t in model.logp(vars=[z, *deps], jacobian=False, sum=False)])
+    value_vars = [model.rvs_to_values[model[p.name]] for p in problem.params]
+    [joint_x], x = (
+        join_nonshared_inputs(
+            {p.value_name: np.zeros(p.shape) for p in problem.params}, [joint], value_vars
+        )
+        if value_vars
+        else ([joint], problem.x)
+    )
+    joint_fn = pytensor.function(
+        [x, zv], joint_x, mode=_CHECK_MODE, on_unused_input="ignore"
+    )
+    log_joint_fn = pytensor.function(
+        [problem.x], spec.log_joint, mode=_CHECK_MODE, on_unused_input="ignore"
+    )
+    rng = np.random.default_rng(20261122)
+    start = np.where(np.isfinite(problem.start), problem.start, 0.0)
+    for _ in range(3):
+        x_test = start + rng.normal(0.0, 0.5, size=start.shape)
+        table = np.asarray(log_joint_fn(x_test))  # (*shape, K)
+        with np.errstate(invalid="ignore", over="ignore"):
+            prob = np.exp(table - table.max(axis=-1, keepdims=True))
+        ok = np.isfinite(prob).all(axis=-1) & (prob.sum(axis=-1) > 0)
+        prob = np.where(ok[..., None], prob, 1.0)
+        # Inverse-CDF draws of one support index per element, from its responsibilities.
+        cdf = np.cumsum(prob / prob.sum(axis=-1, keepdims=True), axis=-1)
+        u = rng.uniform(size=(*spec.shape, 1))
+        idx = np.minimum((cdf < u).sum(axis=-1), prob.shape[-1] - 1)
+        enumerated = np.take_along_axis(table, idx[..., None], axis=-1).sum()
+        if not np.isfinite(enumerated):
+            continue
+        direct = float(joint_fn(x_test, spec.support[idx].astype(zv.dtype)))
+        if not np.isclose(enumerated, direct, rtol=1e-8, atol=1e-8):
+            raise ValueError(
+                f"The joint density of latent '{spec.name}' and {list(spec.dependents)} does "
+                f"not split into one term per element of '{spec.name}': some element's "
+                "density depends on other elements of the latent (e.g. through a sum or a "
+                "chain). Enumerating each element on its own would be wrong, so pm_em refuses "
+                "this model. Only latents whose elements are conditionally independent are "
+                "supported."
+            )
+        return
