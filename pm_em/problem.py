@@ -143,7 +143,6 @@ def build_problem(model: pm.Model, latent: Sequence[str] | None = None) -> EMPro
     _check_observed(model)
     latent_rvs = _select_latents(model, latent)
     initial_point = model.initial_point()
-    rv_names = {rv.name for rv in model.basic_RVs}
     blockers = set(model.basic_RVs)
 
     groups = {z: _dependents(model, z, blockers) for z in latent_rvs}
@@ -238,7 +237,7 @@ def build_problem(model: pm.Model, latent: Sequence[str] | None = None) -> EMPro
     start = problem.to_x(point) if value_vars else np.zeros(0)
     problem = replace(problem, start=start)
     for spec in latents:
-        _check_separable(problem, spec, rv_names)
+        _check_separable(problem, spec)
     return problem
 
 
@@ -415,7 +414,7 @@ def _align(term, shape, z_shape, dep_name, z_name):
     )
 
 
-def _check_separable(problem: EMProblem, spec: Latent, rv_names) -> None:
+def _check_separable(problem: EMProblem, spec: Latent) -> None:
     """Refuse a latent whose joint density does not split into one term per element.
 
     Enumeration computes each element's term with every element set to the same value.
@@ -444,17 +443,18 @@ def _check_separable(problem: EMProblem, spec: Latent, rv_names) -> None:
     )
     rng = np.random.default_rng(20261122)
     start = np.where(np.isfinite(problem.start), problem.start, 0.0)
-    for _ in range(3):
-        x_test = start + rng.normal(0.0, 0.5, size=start.shape)
-        table = np.asarray(log_joint_fn(x_test))  # (*shape, K)
-        with np.errstate(invalid="ignore", over="ignore"):
-            prob = np.exp(table - table.max(axis=-1, keepdims=True))
-        ok = np.isfinite(prob).all(axis=-1) & (prob.sum(axis=-1) > 0)
-        prob = np.where(ok[..., None], prob, 1.0)
-        # Inverse-CDF draws of one support index per element, from its responsibilities.
-        cdf = np.cumsum(prob / prob.sum(axis=-1, keepdims=True), axis=-1)
+    # Several assignments: a structured one (a palindrome for z[::-1]) can agree by chance.
+    for attempt in range(8):
+        if attempt % 4 == 0:
+            x_test = start + rng.normal(0.0, 0.5, size=start.shape)
+            table = np.asarray(log_joint_fn(x_test))  # (*shape, K)
+        # Mixed assignments, uniform over each element's possible values: an assignment
+        # with every element equal is exactly what enumeration computes, and proves nothing.
+        feasible = np.isfinite(table)
+        weights = np.where(feasible.any(axis=-1, keepdims=True), feasible, 1.0)
+        cdf = np.cumsum(weights / weights.sum(axis=-1, keepdims=True), axis=-1)
         u = rng.uniform(size=(*spec.shape, 1))
-        idx = np.minimum((cdf < u).sum(axis=-1), prob.shape[-1] - 1)
+        idx = np.minimum((cdf < u).sum(axis=-1), table.shape[-1] - 1)
         enumerated = np.take_along_axis(table, idx[..., None], axis=-1).sum()
         if not np.isfinite(enumerated):
             continue
@@ -470,4 +470,3 @@ def _check_separable(problem: EMProblem, spec: Latent, rv_names) -> None:
                 "this model. Only latents whose elements are conditionally independent are "
                 "supported."
             )
-        return
