@@ -110,18 +110,14 @@ def kmeans(
 
 def _features(problem: EMProblem, latent: Latent) -> np.ndarray | None:
     """Observed data aligned with the latent's elements: (n_elements, n_features), standardized."""
-    model = problem.model
     n = int(np.prod(latent.shape))
+    nz = len(latent.shape)
     cols = []
     for name in latent.observed:
-        value = model.rvs_to_values[model[name]]
-        data = getattr(value, "data", None)
-        if data is None and hasattr(value, "get_value"):
-            data = value.get_value()
+        data = problem.data.get(name)
         if data is None:
             continue
         data = np.asarray(data, dtype="float64")
-        nz = len(latent.shape)
         if data.shape[:nz] == latent.shape:
             cols.append(data.reshape(n, -1))
         elif nz and data.shape[-nz:] == latent.shape:
@@ -129,7 +125,10 @@ def _features(problem: EMProblem, latent: Latent) -> np.ndarray | None:
     if not cols:
         return None
     feats = np.concatenate(cols, axis=1)
-    feats = np.where(np.isfinite(feats), feats, np.nanmean(feats, axis=0))
+    # Missing entries take their column's mean (0 for an empty column): a starting guess.
+    finite = np.isfinite(feats)
+    col_mean = np.where(finite, feats, 0.0).sum(axis=0) / np.maximum(finite.sum(axis=0), 1)
+    feats = np.where(finite, feats, col_mean)
     scale = feats.std(axis=0)
     return (feats - feats.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
 

@@ -21,9 +21,10 @@ from pytensor.graph.replace import vectorize_graph
 from pytensor.graph.traversal import ancestors
 from pytensor.tensor.sharedvar import TensorSharedVariable
 
+from pm_em.missing import Imputed, find_imputed, mvnormal_rows, split_moments
 from pm_em.support import finite_support
 
-__all__ = ["EMProblem", "Latent", "build_problem"]
+__all__ = ["EMProblem", "Latent", "MissingValues", "build_problem"]
 
 # Python-linked compilation: the one-off checks below run once per model, and must not pay
 # the backend's (numba's) compile time.
@@ -73,6 +74,47 @@ class Latent:
 
 
 @dataclass(frozen=True)
+class MissingValues:
+    """Missing entries of one observed variable, integrated out; graphs for their imputation.
+
+    Attributes
+    ----------
+    name : str
+        The user's variable (PyMC's Deterministic holding the completed data).
+    unobserved : str
+        PyMC's ``<name>_unobserved``: the flat vector of missing entries.
+    dims : tuple of str
+        Dims of ``unobserved``.
+    mask : ndarray of bool, full shape
+        True where missing.
+    data : ndarray, full shape
+        The data, NaN where missing.
+    partial : bool
+        MvNormal rows (True) or an elementwise likelihood (False); see `pm_em.missing`.
+    latent : str or None
+        The latent whose value the entries' distribution depends on, if any.
+    element : ndarray of int or None
+        With a latent: for each missing entry (elementwise) or each row (MvNormal), the flat
+        index of its latent element.
+    mean, var : TensorVariable
+        Conditional mean and variance given the data, functions of `EMProblem.x`: of the
+        missing entries (elementwise) or of whole rows (MvNormal, 0 variance where observed);
+        with a latent, one per support value on a leading axis.
+    """
+
+    name: str
+    unobserved: str
+    dims: tuple[str, ...]
+    mask: np.ndarray = field(repr=False)
+    data: np.ndarray = field(repr=False)
+    partial: bool
+    latent: str | None
+    element: np.ndarray | None = field(repr=False)
+    mean: Variable = field(repr=False)
+    var: Variable = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Parameter:
     """A continuous free variable, estimated by the M-step."""
 
@@ -87,18 +129,24 @@ class EMProblem:
     """What EM needs to know about a model, as graphs of one flat parameter vector ``x``.
 
     The observed-data log posterior is
-    ``log_prior + sum(log_lik_rest) + sum_j sum_i logsumexp_k latents[j].log_joint[i, k]``.
+    ``log_prior + sum(log_lik_rest) + sum_j sum_i logsumexp_k latents[j].log_joint[i, k]``,
+    with missing values integrated out (see `pm_em.missing`). ``data`` holds each observed
+    variable's data under the user's name, NaN where missing; ``log_lik_dims`` the dims of
+    each pointwise log likelihood (keyed by latent name for latent groups; None: the model's).
     """
 
     model: pm.Model
     latents: tuple[Latent, ...]
     params: tuple[Parameter, ...]
+    missing: tuple[MissingValues, ...]
     x: Variable = field(repr=False)
     log_prior: Variable = field(repr=False)
     prior_terms: dict[str, Variable] = field(repr=False)
     log_lik_rest: dict[str, Variable] = field(repr=False)
     constrained: dict[str, Variable] = field(repr=False)
     deterministics: dict[str, Variable] = field(repr=False)
+    data: dict[str, np.ndarray] = field(repr=False)
+    log_lik_dims: dict[str, tuple[str, ...] | None] = field(repr=False)
     start: np.ndarray = field(repr=False)
 
     @property
@@ -126,9 +174,12 @@ def build_problem(model: pm.Model, latent: Sequence[str] | None = None) -> EMPro
     Parameters
     ----------
     model : pm.Model
-        The model, with discrete latent variables as free variables.
+        The model, with discrete latent variables as free variables, and NaN in observed
+        data for missing values.
     latent : sequence of str, optional
-        Names of the latent variables to sum out. Default: every discrete free variable.
+        Names of the latent variables to sum out: discrete free variables, and imputed
+        variables (by the user's name ``y`` or PyMC's ``y_unobserved``). Default: all of
+        them. An imputed variable left out is estimated as a parameter (its MAP value).
 
     Returns
     -------
@@ -138,21 +189,28 @@ def build_problem(model: pm.Model, latent: Sequence[str] | None = None) -> EMPro
     ------
     ValueError
         For a latent with infinite support, latents whose elements interact, observed data
-        that is not finite, or a discrete free variable left out of ``latent``.
+        that is not finite, missing values that other variables depend on, or a discrete
+        free variable left out of ``latent``.
     """
     _check_observed(model)
-    latent_rvs = _select_latents(model, latent)
+    imputed = find_imputed(model)
+    latent_rvs, imputed = _select_latents(model, latent, imputed)
     initial_point = model.initial_point()
     blockers = set(model.basic_RVs)
+    by_observed = {model[imp.observed]: imp for imp in imputed}
+    unobserved = {model[imp.unobserved]: imp for imp in imputed}
 
     groups = {z: _dependents(model, z, blockers) for z in latent_rvs}
     owner_of: dict[Variable, Variable] = {}
     for z, deps in groups.items():
         for dep in deps:
+            if dep in unobserved:  # integrated out with its observed twin
+                continue
             _check_dependent(model, z, dep, latent_rvs, owner_of)
             owner_of[dep] = z
+        groups[z] = [d for d in deps if d not in unobserved]
 
-    params_rvs = [rv for rv in model.free_RVs if rv not in latent_rvs]
+    params_rvs = [rv for rv in model.free_RVs if rv not in latent_rvs and rv not in unobserved]
     params = tuple(
         Parameter(
             name=rv.name,
@@ -173,20 +231,32 @@ def build_problem(model: pm.Model, latent: Sequence[str] | None = None) -> EMPro
             strict=True,
         )
     )
-    rest_obs = [rv for rv in model.observed_RVs if rv not in owner_of]
-    log_lik_rest = dict(
-        zip(
-            [rv.name for rv in rest_obs],
-            model.logp(vars=rest_obs, jacobian=False, sum=False) if rest_obs else [],
-            strict=True,
-        )
-    )
-    latents_raw = [_latent_graph(model, z, groups[z], initial_point) for z in latent_rvs]
-    latent_dependent = set(latent_rvs)
+    log_lik_rest, log_lik_dims = {}, {}
+    for rv in model.observed_RVs:
+        if rv in owner_of:
+            continue
+        imp = by_observed.get(rv)
+        if imp is not None and imp.partial:
+            log_lik_rest[imp.name] = mvnormal_rows(model, imp)[0]
+            user_dims = model.named_vars_to_dims.get(imp.name) or ()
+            log_lik_dims[imp.name] = tuple(user_dims[:-1]) if user_dims else None
+        else:
+            name = imp.name if imp else rv.name
+            (log_lik_rest[name],) = model.logp(vars=[rv], jacobian=False, sum=False)
+            # With missing entries, one term per observed entry (PyMC's flat y_observed).
+            log_lik_dims[name] = (f"{imp.observed}_dim_0",) if imp else None
+    latents_raw = [
+        _latent_graph(model, z, groups[z], initial_point, by_observed) for z in latent_rvs
+    ]
+    missing_raw = [
+        _missing_graphs(model, imp, owner_of.get(model[imp.observed]), latents_raw)
+        for imp in imputed
+    ]
+    hidden = set(latent_rvs) | set(unobserved)
     deterministics = {
         d.name: d
         for d in model.deterministics
-        if not (set(ancestors([d], blockers=blockers)) & latent_dependent)
+        if not (set(ancestors([d], blockers=blockers)) & hidden)
     }
     det_graphs = model.replace_rvs_by_values(list(deterministics.values()))
     constrained = model.replace_rvs_by_values(params_rvs)
@@ -194,6 +264,7 @@ def build_problem(model: pm.Model, latent: Sequence[str] | None = None) -> EMPro
     # One flat input for every graph, so that the E-step, M-step and results share it.
     outputs = [
         *(lg for _, lg in latents_raw),
+        *(g for spec in missing_raw for g in (spec.mean, spec.var)),
         *prior_terms.values(),
         *log_lik_rest.values(),
         *constrained,
@@ -216,28 +287,39 @@ def build_problem(model: pm.Model, latent: Sequence[str] | None = None) -> EMPro
         replace(spec, log_joint=lg)
         for (spec, _), lg in zip(latents_raw, take(len(latents_raw)), strict=True)
     )
+    missing = tuple(replace(spec, mean=take(1)[0], var=take(1)[0]) for spec in missing_raw)
     prior_terms = dict(zip(prior_terms, take(len(prior_terms)), strict=True))
     log_lik_rest = dict(zip(log_lik_rest, take(len(log_lik_rest)), strict=True))
     constrained = dict(zip([rv.name for rv in params_rvs], take(len(params_rvs)), strict=True))
     deterministics = dict(zip(deterministics, take(len(deterministics)), strict=True))
     log_prior = pt.add(*prior_terms.values()) if prior_terms else pt.constant(0.0, dtype="float64")
 
+    data = {}
+    for rv in model.observed_RVs:
+        imp = by_observed.get(rv)
+        if imp is not None:
+            data[imp.name] = imp.data
+        elif (values := _observed_data(model, rv)) is not None:
+            data[rv.name] = values
     problem = EMProblem(
         model=model,
         latents=latents,
         params=params,
+        missing=missing,
         x=x,
         log_prior=log_prior,
         prior_terms=prior_terms,
         log_lik_rest=log_lik_rest,
         constrained=constrained,
         deterministics=deterministics,
+        data=data,
+        log_lik_dims={**log_lik_dims, **{lat.name: lat.dims for lat in latents}},
         start=np.zeros(0),
     )
     start = problem.to_x(point) if value_vars else np.zeros(0)
     problem = replace(problem, start=start)
     for spec in latents:
-        _check_separable(problem, spec)
+        _check_separable(problem, spec, groups[model[spec.name]], by_observed)
     return problem
 
 
@@ -277,35 +359,41 @@ def _is_discrete(rv: Variable) -> bool:
     return rv.type.dtype.startswith(("int", "uint", "bool"))
 
 
-def _select_latents(model: pm.Model, latent: Sequence[str] | None) -> list[Variable]:
+def _select_latents(
+    model: pm.Model, latent: Sequence[str] | None, imputed: list[Imputed]
+) -> tuple[list[Variable], list[Imputed]]:
     discrete = [rv for rv in model.free_RVs if _is_discrete(rv)]
     if latent is None:
-        chosen = discrete
-    else:
-        if isinstance(latent, str):
-            latent = [latent]
-        chosen = []
-        for name in latent:
-            if name not in model.named_vars:
-                raise ValueError(
-                    f"`latent` names '{name}', which is not a variable of the model. "
-                    f"Free variables: {[rv.name for rv in model.free_RVs]}."
-                )
-            rv = model[name]
-            if rv not in model.free_RVs or not _is_discrete(rv):
-                raise ValueError(
-                    f"`latent` names '{name}', which is not a discrete free variable. EM sums "
-                    "out discrete latents; continuous variables are estimated by the M-step."
-                )
-            chosen.append(rv)
-        left = [rv.name for rv in discrete if rv not in chosen]
-        if left:
+        return discrete, imputed
+    if isinstance(latent, str):
+        latent = [latent]
+    by_name = {name: imp for imp in imputed for name in (imp.name, imp.unobserved)}
+    chosen, chosen_imputed = [], []
+    for name in latent:
+        if name in by_name:
+            chosen_imputed.append(by_name[name])
+            continue
+        if name not in model.named_vars:
             raise ValueError(
-                f"Discrete free variable(s) {left} are not in `latent`. The M-step can only "
-                "optimize continuous parameters: add them to `latent`, or fix their values "
-                "with `pm.do`/`pm.observe`."
+                f"`latent` names '{name}', which is not a variable of the model. "
+                f"Free variables: {[rv.name for rv in model.free_RVs]}."
             )
-    return chosen
+        rv = model[name]
+        if rv not in model.free_RVs or not _is_discrete(rv):
+            raise ValueError(
+                f"`latent` names '{name}', which is neither a discrete free variable nor a "
+                "variable with missing values. EM sums out discrete latents and integrates "
+                "out missing values; continuous variables are estimated by the M-step."
+            )
+        chosen.append(rv)
+    left = [rv.name for rv in discrete if rv not in chosen]
+    if left:
+        raise ValueError(
+            f"Discrete free variable(s) {left} are not in `latent`. The M-step can only "
+            "optimize continuous parameters: add them to `latent`, or fix their values "
+            "with `pm.do`/`pm.observe`."
+        )
+    return chosen, chosen_imputed
 
 
 def _dependents(model: pm.Model, z: Variable, blockers: set[Variable]) -> list[Variable]:
@@ -351,31 +439,73 @@ def _shapes(model: pm.Model, graphs: list[Variable], point: dict) -> list[tuple[
     return [tuple(int(s) for s in shp) for shp in fn(*(point[v.name] for v in inputs))]
 
 
-def _latent_graph(model, z, deps, point) -> tuple[Latent, Variable]:
+@dataclass(frozen=True)
+class _Term:
+    """One dependent's elementwise log density, and where its elements sit."""
+
+    name: str
+    graph: Variable
+    shape: tuple[int, ...]
+    # Elementwise likelihood with missing entries: its terms fill these flat positions of
+    # the full data shape; the missing positions contribute 0 (integrated out).
+    positions: np.ndarray | None = None
+    full_shape: tuple[int, ...] | None = None
+
+
+def _group_terms(model, z, deps, by_observed, point) -> list[_Term]:
+    terms = []
+    for var in [z, *deps]:
+        imp = by_observed.get(var)
+        if imp is not None and imp.partial:
+            graph = mvnormal_rows(model, imp)[0]
+            terms.append(_Term(imp.name, graph, imp.mask.shape[:-1]))
+            continue
+        (graph,) = model.logp(vars=[var], jacobian=False, sum=False)
+        if imp is not None:
+            positions = np.flatnonzero(~imp.mask.ravel())
+            terms.append(_Term(imp.name, graph, (positions.size,), positions, imp.mask.shape))
+        else:
+            terms.append(_Term(var.name, graph, None))
+    shapes = _shapes(model, [t.graph for t in terms], point)
+    return [t if t.shape is not None else replace(t, shape=s) for t, s in zip(terms, shapes, strict=True)]
+
+
+def _enumerated(zv, support: np.ndarray, z_shape: tuple[int, ...]) -> Variable:
+    """Every element of z at support value k, for each k: shape (K, *z_shape)."""
+    k_first = pt.as_tensor(support.reshape((-1,) + (1,) * len(z_shape)))
+    return pt.broadcast_to(k_first, (support.size, *z_shape)).astype(zv.dtype)
+
+
+def _latent_graph(model, z, deps, point, by_observed) -> tuple[Latent, Variable]:
     """Build log p(z_i = k, deps_i | θ) of shape (*z.shape, K), in value-variable terms."""
     name = z.name
     support = finite_support(z, name)
     zv = model.rvs_to_values[z]
-    terms = model.logp(vars=[z, *deps], jacobian=False, sum=False)
     z_shape = tuple(np.shape(point[zv.name]))
-    shapes = _shapes(model, terms, point)
-    aligned = [
-        _align(term, shp, z_shape, dep_name, name)
-        for term, shp, dep_name in zip(terms, shapes, [name, *(d.name for d in deps)], strict=True)
-    ]
-    # Some logps are float32 (DiscreteUniform's): EM sums many terms, so work in float64.
-    group = pt.add(*(a.astype("float64") for a in aligned))
-    # Every element of z takes support value k at once: entry [k, i] is element i's term.
-    k_first = pt.as_tensor(support.reshape((-1,) + (1,) * len(z_shape)))
-    enumerated = pt.broadcast_to(k_first, (support.size, *z_shape)).astype(zv.dtype)
-    log_joint = vectorize_graph(group, replace={zv: enumerated})
-    log_joint = pt.moveaxis(log_joint, 0, -1)  # (*z_shape, K)
+    n_support = support.size
+    enumerated = _enumerated(zv, support, z_shape)
+    parts = []
+    for term in _group_terms(model, z, deps, by_observed, point):
+        # Entry [k, ...] is the term with every element of z at support value k.
+        batched = vectorize_graph(term.graph, replace={zv: enumerated})
+        batched = pt.broadcast_to(batched, (n_support, *term.shape)).astype("float64")
+        shape = term.shape
+        if term.positions is not None:
+            full = pt.zeros((n_support, int(np.prod(term.full_shape))), dtype="float64")
+            full = pt.set_subtensor(full[:, term.positions], batched)
+            batched, shape = full.reshape((n_support, *term.full_shape)), term.full_shape
+        parts.append(_align(batched, shape, z_shape, term.name, name))
+    log_joint = pt.moveaxis(pt.add(*parts), 0, -1)  # (*z_shape, K)
     dims = model.named_vars_to_dims.get(name) or ()
     dims = tuple(
         d if d is not None else f"{name}_dim_{i}"
         for i, d in enumerate(dims or [None] * len(z_shape))
     )
-    observed = tuple(d.name for d in deps if d in model.observed_RVs)
+    observed = tuple(
+        by_observed[d].name if d in by_observed else d.name
+        for d in deps
+        if d in model.observed_RVs
+    )
     n_elements = max(int(np.prod(z_shape)), 1)
     n_values = sum(
         int(np.size(_observed_data(model, d))) for d in deps if d in model.observed_RVs
@@ -395,17 +525,32 @@ def _latent_graph(model, z, deps, point) -> tuple[Latent, Variable]:
     return spec, log_joint
 
 
-def _align(term, shape, z_shape, dep_name, z_name):
-    """Reduce a dependent's elementwise log density to one term per latent element."""
+def _axes_map(shape, z_shape) -> str | None:
+    """How a dependent's axes line up with the latent's: "same", "leading", "trailing"."""
     nz = len(z_shape)
     if shape == z_shape:
-        return term
+        return "same"
     if nz == 0:
-        return term.sum()
+        return "all"
     if len(shape) > nz and shape[:nz] == z_shape:
-        return term.sum(axis=tuple(range(nz, len(shape))))
+        return "leading"
     if len(shape) > nz and shape[-nz:] == z_shape:
-        return term.sum(axis=tuple(range(len(shape) - nz)))
+        return "trailing"
+    return None
+
+
+def _align(batched, shape, z_shape, dep_name, z_name):
+    """Reduce a (K, *shape) log density to one term per latent element: (K, *z_shape)."""
+    how = _axes_map(shape, z_shape)
+    nz, nd = len(z_shape), len(shape)
+    if how == "same":
+        return batched
+    if how == "all":
+        return batched.reshape((batched.shape[0], -1)).sum(axis=1)
+    if how == "leading":
+        return batched.sum(axis=tuple(range(1 + nz, 1 + nd)))
+    if how == "trailing":
+        return batched.sum(axis=tuple(range(1, 1 + nd - nz)))
     raise ValueError(
         f"The density of '{dep_name}' (elementwise shape {shape}) does not split into one term "
         f"per element of latent '{z_name}' (shape {z_shape}), so the latent's elements interact "
@@ -414,7 +559,56 @@ def _align(term, shape, z_shape, dep_name, z_name):
     )
 
 
-def _check_separable(problem: EMProblem, spec: Latent) -> None:
+def _element_of(flat_positions: np.ndarray, shape, z_shape) -> np.ndarray:
+    """Flat index of the latent element that each flat position of ``shape`` belongs to."""
+    how = _axes_map(tuple(shape), tuple(z_shape))
+    n_z = max(int(np.prod(z_shape)), 1)
+    if how == "same":
+        return flat_positions
+    if how == "all":
+        return np.zeros_like(flat_positions)
+    if how == "leading":
+        return flat_positions // (int(np.prod(shape)) // n_z)
+    return flat_positions % n_z  # trailing
+
+
+def _missing_graphs(model, imp: Imputed, z, latents_raw) -> MissingValues:
+    if imp.partial:
+        _, mean, var = mvnormal_rows(model, imp)
+    else:
+        mean, var = split_moments(model, imp)
+    element = None
+    if z is not None:
+        spec = next(s for s, _ in latents_raw if s.name == z.name)
+        zv = model.rvs_to_values[z]
+        enumerated = _enumerated(zv, spec.support, spec.shape)
+        mean, var = (vectorize_graph(g, replace={zv: enumerated}) for g in (mean, var))
+        lead = (spec.support.size,)
+        if imp.partial:
+            rows = imp.mask.shape[:-1]
+            element = _element_of(np.arange(int(np.prod(rows))), rows, spec.shape)
+        else:
+            element = _element_of(np.flatnonzero(imp.mask.ravel()), imp.mask.shape, spec.shape)
+    else:
+        lead = ()
+    entries = imp.mask.shape if imp.partial else (int(imp.mask.sum()),)
+    mean, var = (pt.broadcast_to(g, (*lead, *entries)) for g in (mean, var))
+    dims = model.named_vars_to_dims.get(imp.unobserved) or (f"{imp.unobserved}_dim_0",)
+    return MissingValues(
+        name=imp.name,
+        unobserved=imp.unobserved,
+        dims=tuple(dims),
+        mask=imp.mask,
+        data=imp.data,
+        partial=imp.partial,
+        latent=z.name if z is not None else None,
+        element=element,
+        mean=mean,
+        var=var,
+    )
+
+
+def _check_separable(problem: EMProblem, spec: Latent, deps, by_observed) -> None:
     """Refuse a latent whose joint density does not split into one term per element.
 
     Enumeration computes each element's term with every element set to the same value.
@@ -425,8 +619,9 @@ def _check_separable(problem: EMProblem, spec: Latent) -> None:
     model = problem.model
     z = model[spec.name]
     zv = model.rvs_to_values[z]
-    deps = [model[d] for d in spec.dependents]
-    joint = pt.add(*[t.sum() for t in model.logp(vars=[z, *deps], jacobian=False, sum=False)])
+    point = model.initial_point()
+    terms = _group_terms(model, z, deps, by_observed, point)
+    joint = pt.add(*[t.graph.sum().astype("float64") for t in terms])
     value_vars = [model.rvs_to_values[model[p.name]] for p in problem.params]
     [joint_x], x = (
         join_nonshared_inputs(

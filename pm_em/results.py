@@ -13,9 +13,10 @@ from arviz_base import dict_to_dataset
 from pymc.backends.arviz import coords_and_dims_for_inferencedata, find_constants, find_observations
 from pymc.pytensorf import compile as compile_pymc
 
+from pm_em.missing import mix_conditionals
 from pm_em.problem import EMProblem
 
-__all__ = ["build_datatree", "compile_point_values"]
+__all__ = ["build_datatree", "compile_missing", "compile_point_values"]
 
 
 def compile_point_values(
@@ -34,6 +35,27 @@ def compile_point_values(
     return values
 
 
+def compile_missing(
+    problem: EMProblem, **compile_kwargs
+) -> Callable[[np.ndarray, Sequence[np.ndarray]], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Compile ``(x, resp) -> {name: (conditional mean, sd)}`` of every variable's missing entries."""
+    if not problem.missing:
+        return lambda x, resp: {}
+    graphs = [g for spec in problem.missing for g in (spec.mean, spec.var)]
+    fn = compile_pymc([problem.x], graphs, on_unused_input="ignore", **compile_kwargs)
+    latent_index = {lat.name: i for i, lat in enumerate(problem.latents)}
+
+    def impute(x, resp):
+        out = fn(x)
+        result = {}
+        for i, spec in enumerate(problem.missing):
+            r = resp[latent_index[spec.latent]] if spec.latent is not None else None
+            result[spec.name] = mix_conditionals(spec, out[2 * i], out[2 * i + 1], r)
+        return result
+
+    return impute
+
+
 def _library_attrs() -> dict:
     from pm_em import __version__
 
@@ -47,6 +69,7 @@ def build_datatree(
     *,
     best_index: int,
     point_values: dict[str, np.ndarray],
+    missing_values: dict[str, tuple[np.ndarray, np.ndarray]],
     elapsed: float,
 ) -> xr.DataTree:
     """Build the result `DataTree` of `pm_em.fit` (groups documented there)."""
@@ -55,6 +78,12 @@ def build_datatree(
     e = best.estep
     attrs = {**_library_attrs(), "fit_time": elapsed}
 
+    point_values = dict(point_values)
+    for spec in problem.missing:
+        # The completed data: observed entries, and conditional means where missing.
+        filled = spec.data.copy()
+        filled[spec.mask] = missing_values[spec.name][0]
+        point_values[spec.name] = filled
     posterior = dict_to_dataset(
         {k: v[None, None] for k, v in point_values.items()},
         attrs=attrs,
@@ -72,6 +101,11 @@ def build_datatree(
                 **{d: coords[d] for d in lat.dims if d in coords},
             },
         )
+    for spec in problem.missing:
+        mean, sd = missing_values[spec.name]
+        dim_coords = {d: coords[d] for d in spec.dims if d in coords and len(coords[d]) == mean.size}
+        lat_vars[spec.unobserved] = xr.DataArray(mean, dims=spec.dims, coords=dim_coords)
+        lat_vars[f"{spec.unobserved}_sd"] = xr.DataArray(sd, dims=spec.dims, coords=dim_coords)
     latent_posterior = xr.Dataset(lat_vars, attrs=attrs)
 
     log_lik = {}
@@ -82,6 +116,8 @@ def build_datatree(
         log_lik_dims[name] = list(lat.dims)
     for name, ll in zip(problem.log_lik_rest, e.log_lik_rest, strict=True):
         log_lik[name] = np.asarray(ll)[None, None]
+        if problem.log_lik_dims.get(name) is not None:
+            log_lik_dims[name] = list(problem.log_lik_dims[name])
     log_likelihood = dict_to_dataset(
         log_lik, attrs=attrs, coords=coords, dims={**dims, **log_lik_dims}
     )

@@ -233,7 +233,7 @@ def test_refuses_discrete_left_out_of_latent():
         build_problem(model, latent=["a"])
     with pytest.raises(ValueError, match=r"'nope', which is not a variable"):
         build_problem(model, latent=["nope"])
-    with pytest.raises(ValueError, match=r"'mu', which is not a discrete free variable"):
+    with pytest.raises(ValueError, match=r"'mu', which is neither a discrete free variable"):
         build_problem(model, latent=["mu", "a", "b"])
 
 
