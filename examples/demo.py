@@ -76,7 +76,7 @@ def series_with_missing_values():
     _header("3. A series with missing values")
     x = np.array([2, np.nan, 6, 8, np.nan, 10, 12, 14, np.nan, 18.0])
     print(f"  data {x}")
-    with pm.Model(coords={"t": range(len(x))}) as model:
+    with pm.Model(coords={"t": range(len(x))}):
         mu = pm.Flat("mu")
         sigma = pm.HalfFlat("sigma")
         pm.Normal("y", mu, sigma, observed=x, dims="t")
@@ -96,7 +96,7 @@ def bivariate_with_missing_values(rng):
     data = rng.multivariate_normal([1.0, -2.0], cov, size=400)
     missing = rng.random(400) < 0.3
     data[missing, 1] = np.nan
-    with pm.Model() as model:
+    with pm.Model():
         mu = pm.Flat("mu", shape=2)
         sd = pm.HalfFlat("sd", shape=2)
         rho = pm.Uniform("rho", -1, 1)

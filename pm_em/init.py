@@ -27,7 +27,7 @@ _MAX_KMEANS_CLUSTERS = 50
 
 
 def base_x(problem: EMProblem, initvals: Mapping[str, object] | None) -> np.ndarray:
-    """The model's initial point with ``initvals`` (constrained values) applied, flattened.
+    """Flatten the model's initial point, with ``initvals`` (constrained values) applied.
 
     Non-finite coordinates (e.g. an ordered transform of equal initial values) become 0,
     a valid point of the unconstrained space.
@@ -136,7 +136,7 @@ def _features(problem: EMProblem, latent: Latent) -> np.ndarray | None:
 def start_resp(
     problem: EMProblem, at_base: EStepResult, rng: np.random.Generator, method: str
 ) -> tuple[np.ndarray, ...]:
-    """Starting responsibilities per latent: k-means on its data, or random (Dirichlet)."""
+    """Guess starting responsibilities per latent: k-means on its data, or random (Dirichlet)."""
     resps = []
     for latent, log_resp in zip(problem.latents, at_base.log_resp, strict=True):
         n_support = latent.support.size
@@ -170,7 +170,7 @@ def initial_x(
     estep: Callable[[np.ndarray], EStepResult],
     mstep: Callable,
 ) -> np.ndarray:
-    """Starting parameter vector of restart number ``run``.
+    """Choose the starting parameter vector of restart number ``run``.
 
     ``init="auto"``: the first run starts at ``initvals`` when given; otherwise (and for
     every later run) k-means responsibilities followed by one M-step. ``"kmeans"`` always

@@ -335,8 +335,7 @@ def _observed_data(model: pm.Model, rv: Variable) -> np.ndarray | None:
 def _check_observed(model: pm.Model) -> None:
     if not model.observed_RVs:
         raise ValueError(
-            "The model has no observed variable: EM needs data. Pass `observed=` to the "
-            "likelihood."
+            "The model has no observed variable: EM needs data. Pass `observed=` to the likelihood."
         )
     for rv in model.observed_RVs:
         data = _observed_data(model, rv)
@@ -467,7 +466,10 @@ def _group_terms(model, z, deps, by_observed, point) -> list[_Term]:
         else:
             terms.append(_Term(var.name, graph, None))
     shapes = _shapes(model, [t.graph for t in terms], point)
-    return [t if t.shape is not None else replace(t, shape=s) for t, s in zip(terms, shapes, strict=True)]
+    return [
+        t if t.shape is not None else replace(t, shape=s)
+        for t, s in zip(terms, shapes, strict=True)
+    ]
 
 
 def _enumerated(zv, support: np.ndarray, z_shape: tuple[int, ...]) -> Variable:
@@ -502,14 +504,10 @@ def _latent_graph(model, z, deps, point, by_observed) -> tuple[Latent, Variable]
         for i, d in enumerate(dims or [None] * len(z_shape))
     )
     observed = tuple(
-        by_observed[d].name if d in by_observed else d.name
-        for d in deps
-        if d in model.observed_RVs
+        by_observed[d].name if d in by_observed else d.name for d in deps if d in model.observed_RVs
     )
     n_elements = max(int(np.prod(z_shape)), 1)
-    n_values = sum(
-        int(np.size(_observed_data(model, d))) for d in deps if d in model.observed_RVs
-    )
+    n_values = sum(int(np.size(_observed_data(model, d))) for d in deps if d in model.observed_RVs)
     spec = Latent(
         name=name,
         support=support,
@@ -630,9 +628,7 @@ def _check_separable(problem: EMProblem, spec: Latent, deps, by_observed) -> Non
         if value_vars
         else ([joint], problem.x)
     )
-    joint_fn = pytensor.function(
-        [x, zv], joint_x, mode=_CHECK_MODE, on_unused_input="ignore"
-    )
+    joint_fn = pytensor.function([x, zv], joint_x, mode=_CHECK_MODE, on_unused_input="ignore")
     log_joint_fn = pytensor.function(
         [problem.x], spec.log_joint, mode=_CHECK_MODE, on_unused_input="ignore"
     )

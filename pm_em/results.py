@@ -38,7 +38,7 @@ def compile_point_values(
 def compile_missing(
     problem: EMProblem, **compile_kwargs
 ) -> Callable[[np.ndarray, Sequence[np.ndarray]], dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Compile ``(x, resp) -> {name: (conditional mean, sd)}`` of every variable's missing entries."""
+    """Compile ``(x, resp) -> {name: (conditional mean, sd)}`` of the missing entries."""
     if not problem.missing:
         return lambda x, resp: {}
     graphs = [g for spec in problem.missing for g in (spec.mean, spec.var)]
@@ -103,7 +103,9 @@ def build_datatree(
         )
     for spec in problem.missing:
         mean, sd = missing_values[spec.name]
-        dim_coords = {d: coords[d] for d in spec.dims if d in coords and len(coords[d]) == mean.size}
+        dim_coords = {
+            d: coords[d] for d in spec.dims if d in coords and len(coords[d]) == mean.size
+        }
         lat_vars[spec.unobserved] = xr.DataArray(mean, dims=spec.dims, coords=dim_coords)
         lat_vars[f"{spec.unobserved}_sd"] = xr.DataArray(sd, dims=spec.dims, coords=dim_coords)
     latent_posterior = xr.Dataset(lat_vars, attrs=attrs)

@@ -45,7 +45,7 @@ def fitted(data):
 
 
 def test_layout(fitted, data):
-    model, idata = fitted
+    _, idata = fitted
     assert set(idata.children) >= {
         "posterior",
         "latent_posterior",

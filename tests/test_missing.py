@@ -153,8 +153,12 @@ def _observed_data_mle(data):
 
     theta0 = np.concatenate([np.nanmean(data, axis=0), np.zeros(len(tril[0]))])
     res = optimize.minimize(neg_log_lik, theta0, method="BFGS", options={"gtol": 1e-10})
-    res = optimize.minimize(neg_log_lik, res.x, method="Nelder-Mead",
-                            options={"xatol": 1e-12, "fatol": 1e-14, "maxiter": 20000})
+    res = optimize.minimize(
+        neg_log_lik,
+        res.x,
+        method="Nelder-Mead",
+        options={"xatol": 1e-12, "fatol": 1e-14, "maxiter": 20000},
+    )
     mu, cov = unpack(res.x)
     return mu, cov, -res.fun
 
@@ -190,7 +194,11 @@ def test_trivariate_arbitrary_pattern_equals_direct_maximization():
         if not mrow.any():
             continue
         o = ~mrow
-        gain = c[np.ix_(mrow, o)] @ np.linalg.inv(c[np.ix_(o, o)]) if o.any() else np.zeros((mrow.sum(), 0))
+        gain = (
+            c[np.ix_(mrow, o)] @ np.linalg.inv(c[np.ix_(o, o)])
+            if o.any()
+            else np.zeros((mrow.sum(), 0))
+        )
         expected_mean.extend(m[mrow] + gain @ (row[o] - m[o]))
         cond_cov = c[np.ix_(mrow, mrow)] - gain @ c[np.ix_(o, mrow)]
         expected_sd.extend(np.sqrt(np.diag(cond_cov)))
@@ -233,7 +241,9 @@ def test_mixture_with_nan_equals_the_observed_rows_alone():
     sd = np.sqrt((w * (sigma**2 + mu**2)).sum() - mean**2)
     np.testing.assert_allclose(lat["y_unobserved"].values, mean, rtol=1e-10)
     np.testing.assert_allclose(lat["y_unobserved_sd"].values, sd, rtol=1e-10)
-    np.testing.assert_allclose(lat["z"].values[np.isnan(x)], np.broadcast_to(w, (30, 2)), rtol=1e-10)
+    np.testing.assert_allclose(
+        lat["z"].values[np.isnan(x)], np.broadcast_to(w, (30, 2)), rtol=1e-10
+    )
     _assert_monotone(with_nan)
 
 
