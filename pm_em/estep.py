@@ -4,18 +4,105 @@ Everything is computed in log space. ``log_resp`` normalizes each latent element
 density over its support with logsumexp; -inf entries (impossible assignments) are legal and
 get responsibility 0. The same call returns the observed-data log posterior at the parameters
 it was given, which the loop uses for convergence and the monotonicity check.
+
+Two E-steps exist. `compile_estep` returns the responsibilities themselves, (n, K) per latent,
+for starting points, numeric M-steps and the results. `compile_lean_estep` serves closed-form
+M-steps: from the same single call it returns only their sufficient statistics (arrays of
+size K), the pointwise log marginal (size n) and the log posterior, so no (n, K) array leaves
+the compiled function and nothing is exponentiated again outside it.
+
+Data are inputs, not constants. `compile_with_data` lifts the observed values (and any other
+large constant) out of the graph into inputs of the compiled function, bound to their values
+by a thin wrapper. Compile caches keyed on the graph (Numba's keys include constants) then hit
+for a new data set of the same model, and no rewrite spends time folding large constants.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pytensor.tensor as pt
 from pymc.pytensorf import compile as compile_pymc
+from pytensor.graph.basic import Constant, Variable
+from pytensor.graph.replace import clone_replace
+from pytensor.graph.traversal import ancestors
+from pytensor.tensor.variable import TensorConstant
 
 from pm_em.problem import EMProblem
 
-__all__ = ["EStepResult", "compile_estep"]
+__all__ = [
+    "EStepResult",
+    "LeanEStepResult",
+    "compile_estep",
+    "compile_lean_estep",
+    "compile_with_data",
+]
+
+# Constants at least this large are treated as data even when they are not an observed
+# variable's value (covariates passed as plain arrays, for example).
+_LIFT_MIN_SIZE = 512
+
+
+def _data_constants(problem: EMProblem, outputs: Sequence[Variable]) -> list[TensorConstant]:
+    model = problem.model
+    observed = {
+        id(value)
+        for value in (model.rvs_to_values[rv] for rv in model.observed_RVs)
+        if isinstance(value, Constant)
+    }
+    found = []
+    for var in ancestors(list(outputs)):
+        if not isinstance(var, TensorConstant) or var.type.ndim == 0:
+            continue
+        if id(var) in observed or var.data.size >= _LIFT_MIN_SIZE:
+            found.append(var)
+    return list(dict.fromkeys(found))
+
+
+def compile_with_data(
+    problem: EMProblem,
+    inputs: Sequence[Variable],
+    outputs: Sequence[Variable],
+    **compile_kwargs,
+) -> Callable[..., list]:
+    """Compile ``inputs -> outputs`` with the data as inputs of the compiled function.
+
+    Parameters
+    ----------
+    problem : EMProblem
+        Tells which constants are observed data.
+    inputs, outputs : sequence of Variable
+    **compile_kwargs
+        Passed to `pymc.pytensorf.compile` (e.g. ``mode``).
+
+    Returns
+    -------
+    callable
+        ``f(*input_values) -> list of outputs``; the data values are bound inside.
+    """
+    constants = _data_constants(problem, outputs)
+    # Static lengths become unknown (a new data set of another size hits the same cache
+    # entry); length-1 axes stay broadcastable.
+    lifted = [
+        pt.tensor(
+            dtype=c.type.dtype,
+            shape=tuple(1 if s == 1 else None for s in c.type.shape),
+            name=f"data_{i}",
+        )
+        for i, c in enumerate(constants)
+    ]
+    if constants:
+        outputs = clone_replace(
+            list(outputs), replace=dict(zip(constants, lifted, strict=True)), rebuild_strict=False
+        )
+    values = [np.asarray(c.data) for c in constants]
+    fn = compile_pymc([*inputs, *lifted], list(outputs), on_unused_input="ignore", **compile_kwargs)
+
+    def call(*args):
+        return fn(*args, *values)
+
+    call.fn = fn  # the compiled pytensor function, for profiling
+    return call
 
 
 @dataclass(frozen=True)
@@ -82,7 +169,7 @@ def compile_estep(problem: EMProblem, **compile_kwargs) -> Callable[[np.ndarray]
         *(r.sum() for r in rest),
     )
     outputs = [*log_resp, *log_marginal, *rest, problem.log_prior, log_post]
-    fn = compile_pymc([problem.x], outputs, on_unused_input="ignore", **compile_kwargs)
+    fn = compile_with_data(problem, [problem.x], outputs, **compile_kwargs)
     n_lat, n_rest = len(problem.latents), len(rest)
 
     def estep(x: np.ndarray) -> EStepResult:
@@ -96,3 +183,83 @@ def compile_estep(problem: EMProblem, **compile_kwargs) -> Callable[[np.ndarray]
         )
 
     return estep
+
+
+@dataclass(frozen=True)
+class LeanEStepResult:
+    """What a closed-form M-step needs at one parameter point, without responsibilities.
+
+    Attributes
+    ----------
+    stats : tuple of ndarray
+        The sufficient statistics of `ClosedFormPlan.stat_graphs`, in its order.
+    log_marginal : tuple of ndarray, each of shape latent.shape
+        log p(y_i | θ) with z_i summed out, per latent.
+    log_lik_rest : tuple of ndarray
+        Elementwise log likelihood of the observed variables that no latent touches.
+    log_prior : float
+    log_posterior : float
+    """
+
+    stats: tuple[np.ndarray, ...]
+    log_marginal: tuple[np.ndarray, ...]
+    log_lik_rest: tuple[np.ndarray, ...]
+    log_prior: float
+    log_posterior: float
+
+    @property
+    def log_likelihood(self) -> float:
+        """Observed-data log likelihood: the log posterior less the log prior."""
+        return self.log_posterior - self.log_prior
+
+
+def compile_lean_estep(
+    problem: EMProblem, plan, **compile_kwargs
+) -> Callable[[np.ndarray], LeanEStepResult]:
+    """Compile the E-step that returns a closed-form M-step's statistics in one call.
+
+    Parameters
+    ----------
+    problem : EMProblem
+    plan : ClosedFormPlan
+        A complete plan (`ClosedFormPlan.complete`): it gives each latent's joint log density
+        as broadcasts and the statistics as graphs of the responsibilities.
+    **compile_kwargs
+        Passed to `pymc.pytensorf.compile`.
+
+    Returns
+    -------
+    callable
+        ``lean_estep(x) -> LeanEStepResult``.
+    """
+    resps, log_marginal = [], []
+    for j in range(len(problem.latents)):
+        log_joint = plan.log_joint(j)  # (n, K)
+        lse = pt.logsumexp(log_joint, axis=-1)  # (n,)
+        safe = pt.switch(pt.isinf(lse), 0.0, lse)
+        resps.append(pt.exp(log_joint - safe[..., None]))
+        log_marginal.append(lse)
+    stats = plan.stat_graphs(resps)
+    rest = list(problem.log_lik_rest.values())
+    log_post = problem.log_prior + pt.add(
+        pt.constant(0.0, dtype="float64"),
+        *(m.sum() for m in log_marginal),
+        *(r.sum() for r in rest),
+    )
+    outputs = [*stats, *log_marginal, *rest, problem.log_prior, log_post]
+    fn = compile_with_data(problem, [problem.x], outputs, **compile_kwargs)
+    n_stats, n_lat, n_rest = len(stats), len(log_marginal), len(rest)
+
+    def lean_estep(x: np.ndarray) -> LeanEStepResult:
+        out = fn(np.asarray(x, dtype="float64"))
+        i = n_stats + n_lat
+        return LeanEStepResult(
+            stats=tuple(np.asarray(v) for v in out[:n_stats]),
+            log_marginal=tuple(out[n_stats:i]),
+            log_lik_rest=tuple(out[i : i + n_rest]),
+            log_prior=float(out[-2]),
+            log_posterior=float(out[-1]),
+        )
+
+    lean_estep.fn = fn.fn
+    return lean_estep

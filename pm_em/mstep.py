@@ -3,8 +3,12 @@
 The numeric M-step works for any model: L-BFGS on a compiled Q and its gradient over the flat
 unconstrained parameter vector, warm-started at the previous estimate. The responsibilities are
 inputs of the compiled function, so nothing recompiles between iterations or restarts.
-Closed-form updates for recognized conjugate structures will plug in as other callables with
-the same signature, ``mstep(x, resp) -> x_new``.
+
+`ClosedFormMStep` uses the closed-form updates that `pm_em.closed_form` recognized in the
+model, and the numeric M-step, restricted to the other coordinates, for what remains: an ECM
+step (conditional maximization one block at a time), which never lowers Q either. Every M-step
+has the signature ``mstep(x, resp) -> x_new``; a closed-form one also maps statistics from the
+lean E-step directly, ``mstep.step(x, stats, resp_at)``.
 """
 
 from collections.abc import Callable, Sequence
@@ -12,12 +16,21 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
-from pymc.pytensorf import compile as compile_pymc
 from scipy.optimize import minimize
 
+from pm_em.accel import EMMap
+from pm_em.closed_form import ClosedFormPlan, match_closed_form
+from pm_em.estep import compile_lean_estep, compile_with_data
 from pm_em.problem import EMProblem
 
-__all__ = ["NumericMStep", "compile_q"]
+__all__ = [
+    "ClosedFormMStep",
+    "LazyFunction",
+    "NumericMStep",
+    "build_mstep",
+    "compile_q",
+    "compile_stats",
+]
 
 QFunction = Callable[..., tuple[float, np.ndarray]]
 
@@ -42,9 +55,7 @@ def compile_q(problem: EMProblem, **compile_kwargs) -> QFunction:
         q = q + term.sum()
     neg_q = -q
     grad = pytensor.grad(neg_q, problem.x)
-    fn = compile_pymc(
-        [problem.x, *resp_vars], [neg_q, grad], on_unused_input="ignore", **compile_kwargs
-    )
+    fn = compile_with_data(problem, [problem.x, *resp_vars], [neg_q, grad], **compile_kwargs)
 
     def neg_q_and_grad(x: np.ndarray, *resp: np.ndarray) -> tuple[float, np.ndarray]:
         value, g = fn(x, *resp)
@@ -66,20 +77,38 @@ class NumericMStep:
         From `compile_q`.
     maxiter : int, default 200
         L-BFGS iterations per M-step.
+    free : ndarray of bool, optional
+        Coordinates of ``x`` to optimize; the others stay fixed (a conditional maximization).
+        Default: all.
     """
 
-    def __init__(self, neg_q_and_grad: QFunction, *, maxiter: int = 200):
+    def __init__(
+        self, neg_q_and_grad: QFunction, *, maxiter: int = 200, free: np.ndarray | None = None
+    ):
         self.neg_q_and_grad = neg_q_and_grad
         self.maxiter = maxiter
+        self.free = None if free is None or np.all(free) else np.asarray(free, dtype=bool)
 
     def __call__(self, x: np.ndarray, resp: Sequence[np.ndarray]) -> np.ndarray:
         """Return the parameters that maximize Q given ``resp``, starting from ``x``."""
         if x.size == 0:
             return x
-        f0, _ = self.neg_q_and_grad(x, *resp)
+        objective, start = self.neg_q_and_grad, x
+        if self.free is not None:
+            if not self.free.any():
+                return x
+            start = x[self.free]
+
+            def objective(u, *resp):
+                full = x.copy()
+                full[self.free] = u
+                value, grad = self.neg_q_and_grad(full, *resp)
+                return value, grad[self.free]
+
+        f0, _ = objective(start, *resp)
         res = minimize(
-            self.neg_q_and_grad,
-            x,
+            objective,
+            start,
             args=tuple(resp),
             jac=True,
             method="L-BFGS-B",
@@ -88,4 +117,149 @@ class NumericMStep:
         # EM's monotonicity rests on Q not decreasing; keep the old point if it would.
         if not np.all(np.isfinite(res.x)) or not res.fun <= f0:
             return x
-        return np.asarray(res.x, dtype="float64")
+        if self.free is None:
+            return np.asarray(res.x, dtype="float64")
+        out = np.array(x, dtype="float64", copy=True)
+        out[self.free] = res.x
+        return out
+
+
+class LazyFunction:
+    """A function compiled on its first call (so that a fit that never needs it never pays).
+
+    Parameters
+    ----------
+    build : callable
+        ``build() -> function``.
+    """
+
+    def __init__(self, build: Callable[[], Callable]):
+        self._build = build
+        self._fn: Callable | None = None
+
+    def __call__(self, *args):
+        """Compile if not done yet, then call."""
+        if self._fn is None:
+            self._fn = self._build()
+        return self._fn(*args)
+
+
+# The statistics from given responsibilities serve starting points and ECM steps: numpy-speed
+# Python-linked ops are enough, and cost no backend compile.
+_STATS_MODE = "FAST_COMPILE"
+
+
+def compile_stats(problem: EMProblem, plan: ClosedFormPlan) -> Callable:
+    """Compile ``(x, *resp) -> statistics`` of ``plan`` from given responsibilities."""
+    resp_vars = [
+        pt.tensor(f"resp_{lat.name}", shape=(None,) * (len(lat.shape) + 1), dtype="float64")
+        for lat in problem.latents
+    ]
+    stats = plan.stat_graphs(resp_vars)
+    fn = compile_with_data(problem, [problem.x, *resp_vars], stats, mode=_STATS_MODE)
+
+    def stats_from_resp(x: np.ndarray, *resp: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(np.asarray(v) for v in fn(np.asarray(x, dtype="float64"), *resp))
+
+    return stats_from_resp
+
+
+class ClosedFormMStep:
+    """M-step with closed-form updates where the model has them, numeric for the rest.
+
+    Parameters
+    ----------
+    plan : ClosedFormPlan
+        What `pm_em.closed_form.match_closed_form` recognized.
+    neg_q_and_grad : callable
+        From `compile_q` (may be a `LazyFunction`): the numeric M-step of the unclaimed
+        coordinates, and the fallback wherever a closed form does not apply (a mode on the
+        boundary of the parameter space, an ordered transform whose order the update breaks).
+    stats_from_resp : callable
+        From `compile_stats`.
+    """
+
+    def __init__(self, plan: ClosedFormPlan, neg_q_and_grad: QFunction, stats_from_resp):
+        self.plan = plan
+        self.stats_from_resp = stats_from_resp
+        self.numeric = NumericMStep(neg_q_and_grad)
+        free = np.zeros(plan.problem.n_params, dtype=bool)
+        for name in plan.unclaimed:
+            free[plan.slots[name].index] = True
+        self.numeric_rest = NumericMStep(neg_q_and_grad, free=free)
+        self.n_fallback = 0
+
+    def __call__(self, x: np.ndarray, resp: Sequence[np.ndarray]) -> np.ndarray:
+        """Return the updated parameters given the responsibilities ``resp``."""
+        resp = tuple(resp)
+        return self.step(x, self.stats_from_resp(x, *resp), lambda: resp)
+
+    def step(
+        self,
+        x: np.ndarray,
+        stats: Sequence[np.ndarray],
+        resp_at: Callable[[], Sequence[np.ndarray]],
+    ) -> np.ndarray:
+        """Update from the statistics at ``x``; ``resp_at()`` gives responsibilities if needed."""
+        x_new = self.plan.update(x, stats)
+        if x_new is None:
+            self.n_fallback += 1
+            return self.numeric(x, resp_at())
+        if self.plan.unclaimed:
+            x_new = self.numeric_rest(x_new, resp_at())
+        return x_new
+
+
+def _agrees(lean_estep: Callable, estep: Callable, x: np.ndarray) -> bool:
+    """Whether the lean E-step's log densities equal the model's own at ``x``."""
+    lean, full = lean_estep(x), estep(x)
+    pairs = [(lean.log_posterior, full.log_posterior)]
+    pairs += list(zip(lean.log_marginal, full.log_marginal, strict=True))
+    return all(
+        np.allclose(a, b, rtol=1e-9, atol=1e-9, equal_nan=False)
+        or np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in pairs
+    )
+
+
+def build_mstep(
+    problem: EMProblem, estep: Callable, neg_q_and_grad: QFunction, **compile_kwargs
+) -> tuple[Callable, EMMap]:
+    """Choose the M-step of ``problem`` and the EM iteration that uses it.
+
+    Closed form where `pm_em.closed_form` recognizes the model (with the lean E-step when the
+    closed form covers every parameter, checked against the model's own log density at a
+    random point), numeric otherwise.
+
+    Parameters
+    ----------
+    problem : EMProblem
+    estep : callable
+        From `compile_estep`.
+    neg_q_and_grad : callable
+        From `compile_q` (a `LazyFunction` compiles only when a numeric step is needed).
+    **compile_kwargs
+        Passed to `pymc.pytensorf.compile` for the lean E-step.
+
+    Returns
+    -------
+    mstep : callable
+        ``mstep(x, resp) -> x_new``.
+    em_map : EMMap
+    """
+    plan = match_closed_form(problem)
+    if plan is None:
+        numeric = NumericMStep(neg_q_and_grad)
+        return numeric, EMMap(estep=estep, mstep=lambda x, e: numeric(x, e.resp))
+    mstep = ClosedFormMStep(plan, neg_q_and_grad, compile_stats(problem, plan))
+    if plan.complete:
+        lean_estep = compile_lean_estep(problem, plan, **compile_kwargs)
+        rng = np.random.default_rng(0)
+        start = np.where(np.isfinite(problem.start), problem.start, 0.0)
+        if _agrees(lean_estep, estep, start + rng.normal(0.0, 0.3, size=start.shape)):
+
+            def lean_mstep(x, e):
+                return mstep.step(x, e.stats, lambda: estep(x).resp)
+
+            return mstep, EMMap(estep=lean_estep, mstep=lean_mstep, lean=True)
+    return mstep, EMMap(estep=estep, mstep=lambda x, e: mstep(x, e.resp))
