@@ -18,6 +18,7 @@ from pm_em.exceptions import (
     NonMonotoneWarning,
 )
 from pm_em.fit import ConvergenceMonitor, fit
+from pm_em.marginal import marginalize, sample_marginal
 from pm_em.problem import EMProblem, build_problem
 
 __version__ = "0.1.0"
@@ -36,4 +37,7 @@ __all__ = [
     "build_problem",
     # Estimation
     "fit",
+    # EM beside the full posterior
+    "marginalize",
+    "sample_marginal",
 ]
