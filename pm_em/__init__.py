@@ -18,6 +18,8 @@ from pm_em.exceptions import (
     NonMonotoneWarning,
 )
 from pm_em.fit import ConvergenceMonitor, fit
+from pm_em.laplace import LaplaceWarning, laplace
+from pm_em.marginal import marginalize, sample_marginal
 from pm_em.marginal import marginalize, sample_marginal
 from pm_em.problem import EMProblem, build_problem
 
@@ -38,6 +40,11 @@ __all__ = [
     # Estimation
     "fit",
     # EM beside the full posterior
+    "marginalize",
+    "sample_marginal",
+    # EM beside the full posterior
+    "LaplaceWarning",
+    "laplace",
     "marginalize",
     "sample_marginal",
 ]
