@@ -223,7 +223,12 @@ def _agrees(lean_estep: Callable, estep: Callable, x: np.ndarray) -> bool:
 
 
 def build_mstep(
-    problem: EMProblem, estep: Callable, neg_q_and_grad: QFunction, **compile_kwargs
+    problem: EMProblem,
+    estep: Callable,
+    neg_q_and_grad: QFunction,
+    *,
+    lean_mode: str | None = None,
+    **compile_kwargs,
 ) -> tuple[Callable, EMMap]:
     """Choose the M-step of ``problem`` and the EM iteration that uses it.
 
@@ -238,6 +243,9 @@ def build_mstep(
         From `compile_estep`.
     neg_q_and_grad : callable
         From `compile_q` (a `LazyFunction` compiles only when a numeric step is needed).
+    lean_mode : str, optional
+        Backend of the lean E-step (the function every iteration runs), overriding
+        ``compile_kwargs["mode"]`` for it alone.
     **compile_kwargs
         Passed to `pymc.pytensorf.compile` for the lean E-step.
 
@@ -253,7 +261,8 @@ def build_mstep(
         return numeric, EMMap(estep=estep, mstep=lambda x, e: numeric(x, e.resp))
     mstep = ClosedFormMStep(plan, neg_q_and_grad, compile_stats(problem, plan))
     if plan.complete:
-        lean_estep = compile_lean_estep(problem, plan, **compile_kwargs)
+        lean_kwargs = {**compile_kwargs, "mode": lean_mode} if lean_mode else compile_kwargs
+        lean_estep = compile_lean_estep(problem, plan, **lean_kwargs)
         rng = np.random.default_rng(0)
         start = np.where(np.isfinite(problem.start), problem.start, 0.0)
         if _agrees(lean_estep, estep, start + rng.normal(0.0, 0.3, size=start.shape)):
