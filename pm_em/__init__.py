@@ -9,6 +9,7 @@ set of the same model costs about a second instead of a fresh Numba compile. Pas
 ``compile_kwargs={"mode": "NUMBA"}`` (or ``"JAX"``) to `fit` for another backend.
 """
 
+from pm_em.compare import LabelSwitchingWarning, align_components, compare
 from pm_em.exceptions import (
     DegenerateFitError,
     DegenerateRunWarning,
@@ -19,7 +20,6 @@ from pm_em.exceptions import (
 )
 from pm_em.fit import ConvergenceMonitor, fit
 from pm_em.laplace import LaplaceWarning, laplace
-from pm_em.marginal import marginalize, sample_marginal
 from pm_em.marginal import marginalize, sample_marginal
 from pm_em.problem import EMProblem, build_problem
 
@@ -40,10 +40,10 @@ __all__ = [
     # Estimation
     "fit",
     # EM beside the full posterior
-    "marginalize",
-    "sample_marginal",
-    # EM beside the full posterior
+    "LabelSwitchingWarning",
     "LaplaceWarning",
+    "align_components",
+    "compare",
     "laplace",
     "marginalize",
     "sample_marginal",
