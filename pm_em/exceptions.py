@@ -21,6 +21,10 @@ class EmptyComponentWarning(EMWarning):
     """A value of a categorical latent has (almost) no responsibility left at the estimate."""
 
 
+class MissingMomentWarning(EMWarning):
+    """The conditional mean or variance of missing entries is unknown for their distribution."""
+
+
 class DegenerateRunWarning(EMWarning):
     """A restart was abandoned because the likelihood became unbounded (a collapsed component)."""
 

@@ -47,6 +47,17 @@ def base_x(problem: EMProblem, initvals: Mapping[str, object] | None) -> np.ndar
                 f"`initvals` names '{name}', which is not a continuous free variable of the "
                 f"model. Continuous free variables: {sorted(param_names)}."
             )
+    for name, value in initvals.items():
+        expected = tuple(model[name].type.shape)
+        got = np.shape(value)
+        if len(got) != len(expected) or any(
+            e is not None and g != e for g, e in zip(got, expected, strict=False)
+        ):
+            raise ValueError(
+                f"`initvals['{name}']` has shape {got}, but '{name}' has shape "
+                f"{tuple(e if e is not None else '?' for e in expected)}. Pass an array of "
+                "that shape (constrained values)."
+            )
     fn = make_initial_point_fn(
         model=model,
         overrides={model[k]: np.asarray(v) for k, v in initvals.items()},

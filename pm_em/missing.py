@@ -18,6 +18,7 @@ This module only reads graphs and builds pytensor expressions of the value varia
 `problem.py` decides where they go.
 """
 
+import warnings
 from dataclasses import dataclass
 from functools import singledispatch
 
@@ -25,6 +26,7 @@ import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 from pymc.distributions.moments import mean as rv_mean
+from pymc.exceptions import UndefinedMomentException
 from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.traversal import ancestors
 from pytensor.tensor.random.basic import (
@@ -41,6 +43,8 @@ from pytensor.tensor.random.basic import (
     StudentTRV,
     UniformRV,
 )
+
+from pm_em.exceptions import MissingMomentWarning
 
 __all__ = ["Imputed", "find_imputed", "mix_conditionals", "mvnormal_rows", "split_moments"]
 
@@ -94,10 +98,13 @@ def find_imputed(model: pm.Model) -> list[Imputed]:
         if partial:
             base = obs.owner.inputs[0]
             if not isinstance(base.owner.op, MvNormalRV):
+                dist = type(base.owner.op).__name__.removesuffix("RV")
                 raise ValueError(
-                    f"Observed variable '{name}' has missing entries inside rows of a "
-                    f"{type(base.owner.op).__name__} distribution. pm_em integrates missing "
-                    "entries out exactly for elementwise likelihoods and MvNormal rows only."
+                    f"Observed variable '{name}' has missing entries in a {dist} distribution "
+                    "that PyMC imputes as one block. pm_em integrates missing entries out "
+                    "exactly for elementwise likelihoods and MvNormal rows; write a mixture "
+                    "with an explicit `pm.Categorical` latent instead of `pm.Mixture`/"
+                    "`pm.NormalMixture`, or drop the incomplete entries."
                 )
         found.append(Imputed(name, obs_name, unobs_name, mask, data, partial))
     _refuse_dependents(model, found)
@@ -205,20 +212,24 @@ def split_moments(model: pm.Model, imp: Imputed) -> tuple[Variable, Variable]:
     """
     rv = model[imp.unobserved]
     dist = type(rv.owner.op).__name__.removesuffix("RV")
+    unknown = []
+    # The estimate does not need the moments (the missing terms integrate to 1); only the
+    # reported imputation does, so an unknown moment becomes NaN with a warning.
     try:
         mean = rv_mean(rv)
-    except NotImplementedError:
-        raise ValueError(
-            f"pm_em cannot impute the missing entries of '{imp.name}': PyMC has no mean for "
-            f"its {dist} distribution."
-        ) from None
+    except (NotImplementedError, UndefinedMomentException):
+        mean, unknown = pt.constant(np.nan), ["mean"]
     try:
         var = _variance(rv.owner.op, rv, *rv.owner.inputs)
     except NotImplementedError:
-        raise ValueError(
-            f"pm_em cannot report the sd of the missing entries of '{imp.name}': no variance "
-            f"is registered for the {dist} distribution (pm_em.missing._variance)."
-        ) from None
+        var, unknown = pt.constant(np.nan), [*unknown, "variance"]
+    if unknown:
+        warnings.warn(
+            f"pm_em has no {' or '.join(unknown)} for the {dist} distribution of '{imp.name}': "
+            f"its imputations in `latent_posterior` are NaN (the estimate is unaffected).",
+            MissingMomentWarning,
+            stacklevel=2,
+        )
     # Not broadcast to the RV's shape here: that would pull the RV into the graph, and the
     # caller may still add a leading support axis.
     mean, var = model.replace_rvs_by_values([mean, var])

@@ -341,6 +341,11 @@ def _check_observed(model: pm.Model) -> None:
         data = _observed_data(model, rv)
         if data is None or not np.issubdtype(data.dtype, np.number):
             continue
+        if data.size == 0:
+            raise ValueError(
+                f"Observed variable '{rv.name}' has no data (an empty array). EM needs at "
+                "least one observation: pass data or remove the variable."
+            )
         if np.isnan(data).any():
             raise ValueError(
                 f"Observed variable '{rv.name}' contains NaN that PyMC did not impute (NaN "
@@ -361,7 +366,9 @@ def _is_discrete(rv: Variable) -> bool:
 def _select_latents(
     model: pm.Model, latent: Sequence[str] | None, imputed: list[Imputed]
 ) -> tuple[list[Variable], list[Imputed]]:
-    discrete = [rv for rv in model.free_RVs if _is_discrete(rv)]
+    # PyMC's <name>_unobserved of a discrete likelihood is integrated out, not enumerated.
+    unobserved = {imp.unobserved for imp in imputed}
+    discrete = [rv for rv in model.free_RVs if _is_discrete(rv) and rv.name not in unobserved]
     if latent is None:
         return discrete, imputed
     if isinstance(latent, str):
@@ -420,6 +427,15 @@ def _check_dependent(model, z, dep, latent_rvs, owner_of) -> None:
             f"Latent '{dep.name}' depends on latent '{z.name}'. pm_em enumerates each latent on "
             "its own, which is exact only for independent latents; combine them into one "
             "Categorical over the joint states."
+        )
+    if (
+        dep.name.endswith("_unobserved")
+        and dep.name.removesuffix("_unobserved") in model.named_vars
+    ):
+        name = dep.name.removesuffix("_unobserved")
+        raise ValueError(
+            f"The missing values of '{name}' depend on latent '{z.name}', but '{name}' is not in "
+            f"`latent`. Add '{name}' to `latent` so that EM integrates them out with '{z.name}'."
         )
     if dep in model.free_RVs:
         raise ValueError(
@@ -498,7 +514,9 @@ def _latent_graph(model, z, deps, point, by_observed) -> tuple[Latent, Variable]
             batched, shape = full.reshape((n_support, *term.full_shape)), term.full_shape
         parts.append(_align(batched, shape, z_shape, term.name, name))
     log_joint = pt.moveaxis(pt.add(*parts), 0, -1)  # (*z_shape, K)
-    dims = model.named_vars_to_dims.get(name) or ()
+    dims = model.named_vars_to_dims.get(name) or _dims_from_dependents(
+        model, deps, z_shape, by_observed
+    )
     dims = tuple(
         d if d is not None else f"{name}_dim_{i}"
         for i, d in enumerate(dims or [None] * len(z_shape))
@@ -521,6 +539,24 @@ def _latent_graph(model, z, deps, point, by_observed) -> tuple[Latent, Variable]
         log_joint=log_joint,
     )
     return spec, log_joint
+
+
+def _dims_from_dependents(model, deps, z_shape, by_observed) -> tuple | None:
+    """Borrow the latent's dims from an observed dependent's, so both share the model's coords."""
+    nz = len(z_shape)
+    for dep in deps:
+        imp = by_observed.get(dep)
+        name = imp.name if imp is not None else dep.name
+        dep_dims = model.named_vars_to_dims.get(name)
+        data = imp.data if imp is not None else _observed_data(model, dep)
+        if not dep_dims or data is None or not nz:
+            continue
+        how = _axes_map(tuple(data.shape), z_shape)
+        if how in ("same", "leading"):
+            return tuple(dep_dims[:nz])
+        if how == "trailing":
+            return tuple(dep_dims[-nz:])
+    return None
 
 
 def _axes_map(shape, z_shape) -> str | None:

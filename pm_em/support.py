@@ -96,9 +96,9 @@ def finite_support(rv: Variable, name: str) -> np.ndarray:
         ) from None
     except NotConstantSupportError as err:
         raise ValueError(
-            f"Latent variable '{name}' ({dist}) has a support that depends on other variables "
-            f"({err} is not a constant). EM enumerates the support once, so it must be fixed: "
-            "pass constants for the bounds."
+            f"Latent variable '{name}' ({dist}) has a support that is not a constant of the "
+            f"model ({err} depends on other variables or on `pm.Data`). EM enumerates the "
+            f"support once, so it must be fixed: pass {err} as a numpy array."
         ) from None
     if support.size == 0:
         raise ValueError(f"Latent variable '{name}' ({dist}) has an empty support.")

@@ -290,3 +290,46 @@ def test_latent_may_name_the_imputed_variable():
     for name in ("y", "y_unobserved"):
         idata = pm_em.fit(model, latent=[name], progressbar=False)
         np.testing.assert_allclose(idata.posterior["mu"].item(), np.nanmean(x), atol=1e-6)
+
+
+def test_nan_in_a_discrete_likelihood_is_integrated_out():
+    """PyMC's y_unobserved is integer here: it is a missing value, not a latent to enumerate."""
+    y = np.array([3, 5, np.nan, 2, 4, np.nan, 6.0])
+    with pm.Model() as model, warnings.catch_warnings():
+        # PyMC itself casts the data, NaN included, to int before imputing them.
+        warnings.filterwarnings("ignore", "invalid value encountered in cast", RuntimeWarning)
+        lam = pm.Gamma("lam", 1.0, 1.0)
+        pm.Poisson("y", lam, observed=y)
+    idata = pm_em.fit(model, progressbar=False)
+    obs = y[~np.isnan(y)]
+    # Gamma(1, 1) prior: the MAP (no Jacobian) is sum(y) / (n + 1) in closed form.
+    lam_hat = obs.sum() / (obs.size + 1)
+    np.testing.assert_allclose(idata.posterior["lam"].item(), lam_hat, rtol=1e-6)
+    np.testing.assert_allclose(idata.latent_posterior["y_unobserved"].values, lam_hat, rtol=1e-6)
+    np.testing.assert_allclose(
+        idata.latent_posterior["y_unobserved_sd"].values, np.sqrt(lam_hat), rtol=1e-6
+    )
+    assert "y_unobserved_count" not in idata.em_stats
+
+
+def test_unknown_moments_warn_but_do_not_stop_the_fit():
+    y = np.array([0.5, 1.5, np.nan, 2.0])
+    with pm.Model() as model:
+        s = pm.HalfFlat("s")
+        pm.HalfNormal("y", s, observed=y)
+    with pytest.warns(pm_em.MissingMomentWarning, match="no variance for the HalfNormal"):
+        idata = pm_em.fit(model, progressbar=False)
+    obs = y[~np.isnan(y)]
+    # HalfNormal MLE of the scale: sqrt(mean(y^2)).
+    np.testing.assert_allclose(idata.posterior["s"].item(), np.sqrt((obs**2).mean()), rtol=1e-6)
+    assert np.isnan(idata.latent_posterior["y_unobserved_sd"].values).all()
+
+
+def test_missing_values_of_a_mixture_must_be_in_latent():
+    x = np.array([1.0, np.nan, 3.0, 4.0])
+    with pm.Model() as model:
+        mu = pm.Normal("mu", 0, 10, shape=2)
+        z = pm.Bernoulli("z", 0.5, shape=4)
+        pm.Normal("y", mu[z], 1.0, observed=x)
+    with pytest.raises(ValueError, match="missing values of 'y' depend on latent 'z'"):
+        pm_em.fit(model, latent=["z"], progressbar=False)
