@@ -27,7 +27,7 @@ from pymc.pytensorf import compile as compile_pymc
 
 from pm_em.exceptions import EMWarning
 from pm_em.fit import _compiled, default_compile_kwargs
-from pm_em.marginal import compile_to_x
+from pm_em.marginal import compile_to_x, pytensor_compile_kwargs
 from pm_em.problem import EMProblem
 
 __all__ = ["LaplaceWarning", "compile_log_posterior_hessian", "laplace"]
@@ -94,7 +94,7 @@ def _mode_x(problem: EMProblem, em_idata: xr.DataTree) -> np.ndarray:
     values = [
         post[p.name].values.reshape(np.shape(post[p.name].values)[2:]) for p in problem.params
     ]
-    return compile_to_x(problem, **default_compile_kwargs())(*values)
+    return compile_to_x(problem, **pytensor_compile_kwargs())(*values)
 
 
 def _precision_eigen(problem: EMProblem, hess: np.ndarray, stacklevel: int):
@@ -192,8 +192,8 @@ def laplace(
     if not (isinstance(draws, int | np.integer) and draws >= 1):
         raise ValueError(f"`draws` must be a positive integer, got {draws!r}.")
     model = pm.modelcontext(model)
-    kwargs = default_compile_kwargs()
-    problem = _compiled(model, latent, kwargs).problem
+    problem = _compiled(model, latent, default_compile_kwargs()).problem
+    kwargs = pytensor_compile_kwargs()
     x_mode = _mode_x(problem, em_idata)
     evaluate = compile_log_posterior_hessian(problem, **kwargs)
     log_post, grad, hess = (np.asarray(a, dtype="float64") for a in evaluate(x_mode))

@@ -33,6 +33,15 @@ from pm_em.results import compile_missing
 __all__ = ["compile_to_x", "marginalize", "sample_marginal"]
 
 
+def pytensor_compile_kwargs() -> dict:
+    """Return the part of pm_em's default compile options that `pymc.pytensorf.compile` takes.
+
+    `pm_em.fit.default_compile_kwargs` may carry pm_em-specific keys (e.g. the backend of
+    the lean E-step); the functions compiled here, and `pm.sample`, take only ``mode``.
+    """
+    return {k: v for k, v in default_compile_kwargs().items() if k == "mode"}
+
+
 def _potential_name(model: pm.Model, name: str) -> str:
     while name in model.named_vars:
         name += "_"
@@ -203,7 +212,7 @@ def _latent_groups(
     coords, dims = coords_and_dims_for_inferencedata(model)
     n_chain, n_draw = xs.shape[:2]
     missing = tuple(getattr(problem, "missing", ()))
-    impute = compile_missing(problem, **default_compile_kwargs()) if missing else None
+    impute = compile_missing(problem, **pytensor_compile_kwargs()) if missing else None
     resp_sum = [np.zeros((*lat.shape, lat.support.size)) for lat in problem.latents]
     moments: dict[str, list[np.ndarray]] = {}  # name: [sum of means, sum of second moments]
     loglik: dict[str, np.ndarray] = {}
@@ -306,15 +315,16 @@ def sample_marginal(
     idata_kwargs = dict(kwargs.pop("idata_kwargs", None) or {})
     with_loglik = bool(idata_kwargs.pop("log_likelihood", False))
     if kwargs.get("nuts_sampler") in (None, "pymc"):
-        kwargs.setdefault("compile_kwargs", default_compile_kwargs())
+        kwargs.setdefault("compile_kwargs", pytensor_compile_kwargs())
 
+    # fit's own key, so that a model already fitted is not compiled again.
     compiled = _compiled(model, latent, default_compile_kwargs())
     problem = compiled.problem
     marginal = _marginal_model(problem)
     with marginal:
         idata = pm.sample(idata_kwargs=idata_kwargs, **kwargs)
 
-    to_x = compile_to_x(problem, **default_compile_kwargs())
+    to_x = compile_to_x(problem, **pytensor_compile_kwargs())
     xs = _draws_x(problem, idata["posterior"].dataset, to_x)
     latent_posterior, log_likelihood = _latent_groups(problem, xs, compiled.estep, with_loglik)
     idata["latent_posterior"] = xr.DataTree(latent_posterior)

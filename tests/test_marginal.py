@@ -11,8 +11,7 @@ from scipy import special, stats
 
 import pm_em
 from pm_em.estep import compile_estep
-from pm_em.fit import default_compile_kwargs
-from pm_em.marginal import compile_to_x
+from pm_em.marginal import compile_to_x, pytensor_compile_kwargs
 from pm_em.problem import build_problem
 
 
@@ -61,7 +60,7 @@ def test_marginal_logp_equals_em_log_posterior(kwargs):
     model = gmm(x, **kwargs)
     marginal = pm_em.marginalize(model)
     problem = build_problem(model)
-    estep = compile_estep(problem, **default_compile_kwargs())
+    estep = compile_estep(problem, **pytensor_compile_kwargs())
     logp = marginal.compile_logp(jacobian=False)
     rng = np.random.default_rng(2)
     start = np.where(np.isfinite(problem.start), problem.start, 0.0)
@@ -119,7 +118,7 @@ def test_marginal_logp_with_missing_values():
     # The missing entries are integrated out, not sampled.
     assert [rv.name for rv in marginal.free_RVs] == ["w", "mu", "sigma", "m"]
     problem = build_problem(model)
-    estep = compile_estep(problem, **default_compile_kwargs())
+    estep = compile_estep(problem, **pytensor_compile_kwargs())
     logp = marginal.compile_logp(jacobian=False)
     rng = np.random.default_rng(5)
     for _ in range(3):
