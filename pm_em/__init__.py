@@ -10,6 +10,7 @@ set of the same model costs about a second instead of a fresh Numba compile. Pas
 """
 
 from pm_em.compare import LabelSwitchingWarning, align_components, compare
+from pm_em.criteria import information_criteria
 from pm_em.exceptions import (
     DegenerateFitError,
     DegenerateRunWarning,
@@ -44,6 +45,7 @@ __all__ = [
     "LaplaceWarning",
     "align_components",
     "compare",
+    "information_criteria",
     "laplace",
     "marginalize",
     "sample_marginal",
