@@ -22,6 +22,7 @@ from pm_em.exceptions import (
 from pm_em.fit import ConvergenceMonitor, fit
 from pm_em.laplace import LaplaceWarning, laplace
 from pm_em.marginal import marginalize, sample_marginal
+from pm_em.plots import plot_convergence, plot_em_posterior, plot_mixture
 from pm_em.problem import EMProblem, build_problem
 
 __version__ = "0.1.0"
@@ -48,5 +49,8 @@ __all__ = [
     "information_criteria",
     "laplace",
     "marginalize",
+    "plot_convergence",
+    "plot_em_posterior",
+    "plot_mixture",
     "sample_marginal",
 ]
