@@ -85,7 +85,9 @@ def model_2d(x):
     with pm.Model() as model:
         w = pm.Dirichlet("w", a=np.ones(K))
         mu = pm.Flat("mu", shape=(K, 2))
-        cov = pm.Flat("cov", shape=(K, 2, 2))
+        # An initval inside the support: problem.py's separability check evaluates the
+        # model's initial point (perturbed), where a Flat covariance of zeros has no density.
+        cov = pm.Flat("cov", shape=(K, 2, 2), initval=np.repeat(4 * np.eye(2)[None], K, axis=0))
         z = pm.Categorical("z", p=w, shape=len(x))
         pm.MvNormal("y", mu=mu[z], cov=cov[z], observed=x)
     return model

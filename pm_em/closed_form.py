@@ -41,12 +41,14 @@ from pymc.distributions.transforms import Ordered
 from pymc.logprob.transforms import LogOddsTransform, LogTransform, SimplexTransform
 from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.traversal import ancestors
-from pytensor.tensor.elemwise import DimShuffle
+from pytensor.scalar.basic import Second
+from pytensor.tensor.elemwise import DimShuffle, Elemwise
 from pytensor.tensor.random.basic import (
     CategoricalRV,
     DirichletRV,
     HalfNormalRV,
     InvGammaRV,
+    MvNormalRV,
     NormalRV,
 )
 from pytensor.tensor.random.op import RandomVariable
@@ -156,11 +158,19 @@ def _prior(rv: Variable, shape: tuple[int, ...]) -> Prior | None:
 
 # --------------------------------------------------------------------------- graph reading
 def _strip_expand(var: Variable) -> Variable:
-    """Remove the leading broadcast axes PyMC adds to batch a parameter."""
-    while var.owner is not None and isinstance(var.owner.op, DimShuffle):
-        if not var.owner.op.is_left_expand_dims:
+    """Remove the broadcasts PyMC adds to batch a parameter.
+
+    Leading broadcast axes (``ExpandDims``), and ``second(other, var)``, which broadcasts
+    ``var`` against ``other`` (MvNormal's mean against its covariance).
+    """
+    while var.owner is not None:
+        op = var.owner.op
+        if isinstance(op, DimShuffle) and op.is_left_expand_dims:
+            var = var.owner.inputs[0]
+        elif isinstance(op, Elemwise) and isinstance(op.scalar_op, Second):
+            var = var.owner.inputs[1]
+        else:
             break
-        var = var.owner.inputs[0]
     return var
 
 
@@ -212,10 +222,10 @@ def _role(param: Variable, z: Variable, free: set[Variable], n_support: int) -> 
         and node.inputs[1] is z
     ):
         base = _strip_expand(node.inputs[0])
-        if base in free and base.type.ndim == 1:
+        if base in free:
             return Role("indexed", rv=base)
         value = _constant(base)
-        if value is not None and value.shape == (n_support,):
+        if value is not None and value.ndim >= 1 and value.shape[0] == n_support:
             return Role("const", value=value.astype("float64"))
         return None
     if param in free:
@@ -518,6 +528,8 @@ def _bracketed_root(g: Callable[[float], float], t0: float) -> float | None:
 
 
 def _match_normal(ctx: _Context, y: Variable, z: Variable, n_support: int) -> _Block | None:
+    if y.type.ndim != 1:
+        return None
     mu_param, sigma_param = y.owner.op.dist_params(y.owner)
     mu = _role(mu_param, z, ctx.free, n_support)
     sigma = _role(sigma_param, z, ctx.free, n_support)
@@ -525,6 +537,8 @@ def _match_normal(ctx: _Context, y: Variable, z: Variable, n_support: int) -> _B
         return None
     for role in (mu, sigma):
         if role.kind == "indexed" and ctx.shapes[role.rv.name] != (n_support,):
+            return None
+        if role.kind == "const" and role.value.ndim > 1:
             return None
         if role.kind == "shared" and int(np.prod(ctx.shapes[role.rv.name])) != 1:
             return None
@@ -555,6 +569,109 @@ def _data(ctx: _Context, y: Variable) -> Variable:
     return pt.as_tensor(value).astype("float64")
 
 
+class _MvNormalComponents(_Block):
+    """Observed rows y_i ~ MvNormal(mu[z_i], cov[z_i]), d-dimensional.
+
+    Statistics per component k, centred at the current mean c_k: N_k = Σ r_ik,
+    A_k = Σ r_ik (y_i - c_k) (d,), B_k = Σ r_ik (y_i - c_k)(y_i - c_k)ᵀ (d, d). With flat
+    priors the update is the weighted mean m_k = c_k + A_k / N_k and the weighted covariance
+    B_k / N_k - (A_k / N_k)(A_k / N_k)ᵀ (symmetric: a Flat covariance enters the density
+    through its lower triangle only, so the symmetric matrix is one of its maximizers).
+    """
+
+    n_stats = 3
+
+    def __init__(self, data: Variable, mu: Role, cov: Role, claims):
+        self.data = data
+        self.mu, self.cov = mu, cov
+        self.claims = claims
+        self.reads = tuple(r.rv.name for r in (mu, cov) if r.rv is not None)
+
+    def _param(self, role: Role, values) -> Variable:
+        return pt.as_tensor(role.value) if role.rv is None else values[role.rv.name]
+
+    def log_density(self, values):
+        mu = self._param(self.mu, values)  # (K, d)
+        cov = self._param(self.cov, values)  # (K, d, d)
+        chol = pt.linalg.cholesky(cov, lower=True, on_error="nan")
+        # Inverse Cholesky factors of the K covariances, then only elementwise work on data.
+        eye = pt.eye(cov.shape[-1])
+        inv_chol = pt.linalg.solve_triangular(chol, pt.broadcast_to(eye, cov.shape), lower=True)
+        diff = self.data[:, None, :] - mu[None, :, :]  # (n, K, d)
+        white = (inv_chol[None, :, :, :] * diff[:, :, None, :]).sum(axis=-1)  # (n, K, d)
+        log_det = pt.log(pt.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)  # (K,)
+        d = pt.cast(cov.shape[-1], "float64")
+        log_p = -0.5 * (white**2).sum(axis=-1) - log_det - 0.5 * d * np.log(2 * np.pi)
+        # A covariance that is not positive definite has no density (PyMC's check, as -inf).
+        ok = ~pt.any(pt.isnan(chol), axis=(-2, -1))
+        return pt.switch(ok[None, :], log_p, -np.inf)
+
+    def stats(self, resp, values):
+        centre = self._param(self.mu, values)
+        diff = self.data[:, None, :] - centre[None, :, :]  # (n, K, d)
+        weighted = resp[:, :, None] * diff
+        scatter = pt.einsum("nki,nkj->kij", weighted, diff)
+        return [resp.sum(axis=0), weighted.sum(axis=0), scatter]
+
+    def update(self, stats, current):
+        n, a, b = stats
+        c = np.broadcast_to(self._value(self.mu, current), a.shape).astype("float64")
+        if np.any(n <= 0):
+            return None
+        shift = a / n[:, None]  # (K, d)
+        out = {}
+        mu_name = self.mu.rv.name if self.mu.rv is not None else None
+        cov_name = self.cov.rv.name if self.cov.rv is not None else None
+        m = c + shift if mu_name in self.claims else c
+        if mu_name in self.claims:
+            out[mu_name] = m
+        if cov_name in self.claims:
+            delta = m - c
+            cov = (
+                b / n[:, None, None]
+                - np.einsum("ki,kj->kij", shift, delta)
+                - np.einsum("ki,kj->kij", delta, shift)
+                + np.einsum("ki,kj->kij", delta, delta)
+            )
+            cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+            if not np.all(np.linalg.eigvalsh(cov) > 0):
+                return None
+            out[cov_name] = cov
+        return out
+
+    @staticmethod
+    def _value(role: Role, current):
+        return role.value if role.rv is None else current[role.rv.name]
+
+
+def _match_mvnormal(ctx: _Context, y: Variable, z: Variable, n_support: int) -> _Block | None:
+    if y.type.ndim != 2:
+        return None
+    mu_param, cov_param = y.owner.op.dist_params(y.owner)
+    mu = _role(mu_param, z, ctx.free, n_support)
+    cov = _role(cov_param, z, ctx.free, n_support)
+    if mu is None or cov is None or "shared" in (mu.kind, cov.kind):
+        return None
+    d = y.type.shape[-1]
+    if d is None:
+        return None
+    expected = {id(mu): (n_support, d), id(cov): (n_support, d, d)}
+    for role in (mu, cov):
+        shape = ctx.shapes[role.rv.name] if role.rv is not None else role.value.shape
+        if role.kind == "indexed" and tuple(shape) != expected[id(role)]:
+            return None
+        if role.kind == "const" and role.value.ndim and role.value.shape[0] != n_support:
+            return None
+    claims = []
+    for role in (mu, cov):
+        if role.rv is None:
+            continue
+        prior = _prior(role.rv, ctx.shapes[role.rv.name])
+        if prior is not None and prior.kind == "flat" and ctx.claimable(role.rv, {y}):
+            claims.append(role.rv.name)
+    return _MvNormalComponents(_data(ctx, y), mu, cov, tuple(claims))
+
+
 class _NoMatch(Exception):
     """Raised inside the matchers when a structure is not the expected one."""
 
@@ -562,6 +679,7 @@ class _NoMatch(Exception):
 # Observed variables that depend on a latent, keyed on their Op type.
 _COMPONENTS: dict[type, Callable[[_Context, Variable, Variable, int], _Block | None]] = {
     NormalRV: _match_normal,
+    MvNormalRV: _match_mvnormal,
 }
 
 
@@ -742,8 +860,6 @@ def match_closed_form(problem: EMProblem) -> ClosedFormPlan | None:
                     block = match(ctx, dep, z, n_support)
                 except _NoMatch:
                     block = None
-            if block is not None and dep.type.ndim != 1:
-                block = None
             components.append(block)
         latents.append(_LatentPlan(j, weights, components))
     # A variable is claimed by exactly one block.

@@ -11,6 +11,7 @@ has the signature ``mstep(x, resp) -> x_new``; a closed-form one also maps stati
 lean E-step directly, ``mstep.step(x, stats, resp_at)``.
 """
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -20,7 +21,8 @@ from scipy.optimize import minimize
 
 from pm_em.accel import EMMap
 from pm_em.closed_form import ClosedFormPlan, match_closed_form
-from pm_em.estep import compile_lean_estep, compile_with_data
+from pm_em.estep import LeanEStepResult, compile_lean_estep, compile_with_data
+from pm_em.exceptions import EMWarning
 from pm_em.problem import EMProblem
 
 __all__ = [
@@ -210,16 +212,54 @@ class ClosedFormMStep:
         return x_new
 
 
-def _agrees(lean_estep: Callable, estep: Callable, x: np.ndarray) -> bool:
-    """Whether the lean E-step's log densities equal the model's own at ``x``."""
-    lean, full = lean_estep(x), estep(x)
+def _agrees(lean, full) -> bool:
+    """Whether a lean and a full E-step result at the same point carry the same densities."""
     pairs = [(lean.log_posterior, full.log_posterior)]
     pairs += list(zip(lean.log_marginal, full.log_marginal, strict=True))
-    return all(
-        np.allclose(a, b, rtol=1e-9, atol=1e-9, equal_nan=False)
-        or np.array_equal(np.asarray(a), np.asarray(b))
-        for a, b in pairs
-    )
+    for a, b in pairs:
+        a, b = np.asarray(a), np.asarray(b)
+        finite = np.isfinite(a)
+        if not np.array_equal(finite, np.isfinite(b)):
+            return False
+        if not np.allclose(a[finite], b[finite], rtol=1e-9, atol=1e-9):
+            return False
+    return True
+
+
+class CheckedLeanEStep:
+    """The lean E-step, verified once against the model's own E-step.
+
+    The lean E-step computes the joint log density from the recognized structure (broadcasts
+    instead of the model's gathers). The first time it returns a finite log posterior, the
+    full E-step is evaluated at the same point and the two must agree; if they do not (a
+    structure recognized wrongly: a bug), a warning is raised and every later call returns the
+    full E-step's result, so the fit stays correct.
+    """
+
+    def __init__(self, lean: Callable, full: Callable):
+        self.lean, self.full = lean, full
+        self.verified = False
+        self.failed = False
+
+    def __call__(self, x: np.ndarray):
+        """E-step at ``x``: a `LeanEStepResult`, or an `EStepResult` after a failed check."""
+        if self.failed:
+            return self.full(x)
+        e = self.lean(x)
+        if not self.verified and np.isfinite(e.log_posterior):
+            full = self.full(x)
+            if not _agrees(e, full):
+                self.failed = True
+                warnings.warn(
+                    "pm_em's closed-form E-step disagrees with the model's log density; "
+                    "falling back to the general E-step. This is a bug in pm_em's model "
+                    "recognition: please report the model.",
+                    EMWarning,
+                    stacklevel=2,
+                )
+                return full
+            self.verified = True
+        return e
 
 
 def build_mstep(
@@ -233,8 +273,8 @@ def build_mstep(
     """Choose the M-step of ``problem`` and the EM iteration that uses it.
 
     Closed form where `pm_em.closed_form` recognizes the model (with the lean E-step when the
-    closed form covers every parameter, checked against the model's own log density at a
-    random point), numeric otherwise.
+    closed form covers every parameter, checked once against the model's own E-step, see
+    `CheckedLeanEStep`), numeric otherwise.
 
     Parameters
     ----------
@@ -262,13 +302,12 @@ def build_mstep(
     mstep = ClosedFormMStep(plan, neg_q_and_grad, compile_stats(problem, plan))
     if plan.complete:
         lean_kwargs = {**compile_kwargs, "mode": lean_mode} if lean_mode else compile_kwargs
-        lean_estep = compile_lean_estep(problem, plan, **lean_kwargs)
-        rng = np.random.default_rng(0)
-        start = np.where(np.isfinite(problem.start), problem.start, 0.0)
-        if _agrees(lean_estep, estep, start + rng.normal(0.0, 0.3, size=start.shape)):
+        lean_estep = CheckedLeanEStep(compile_lean_estep(problem, plan, **lean_kwargs), estep)
 
-            def lean_mstep(x, e):
+        def lean_mstep(x, e):
+            if isinstance(e, LeanEStepResult):
                 return mstep.step(x, e.stats, lambda: estep(x).resp)
+            return mstep(x, e.resp)
 
-            return mstep, EMMap(estep=lean_estep, mstep=lean_mstep, lean=True)
+        return mstep, EMMap(estep=lean_estep, mstep=lean_mstep, lean=True)
     return mstep, EMMap(estep=estep, mstep=lambda x, e: mstep(x, e.resp))
