@@ -44,12 +44,18 @@ from pytensor.graph.traversal import ancestors
 from pytensor.scalar.basic import Second
 from pytensor.tensor.elemwise import DimShuffle, Elemwise
 from pytensor.tensor.random.basic import (
+    BernoulliRV,
+    BetaRV,
+    BinomialRV,
     CategoricalRV,
     DirichletRV,
+    ExponentialRV,
+    GammaRV,
     HalfNormalRV,
     InvGammaRV,
     MvNormalRV,
     NormalRV,
+    PoissonRV,
 )
 from pytensor.tensor.random.op import RandomVariable
 from pytensor.tensor.sharedvar import TensorSharedVariable
@@ -131,6 +137,9 @@ _PRIORS: dict[type, Callable[[tuple[np.ndarray, ...]], Prior | None]] = {
     HalfNormalRV: lambda args: Prior("halfnormal", args[1:]) if np.all(args[0] == 0) else None,
     InvGammaRV: lambda args: Prior("invgamma", args),
     DirichletRV: lambda args: Prior("dirichlet", args),
+    BetaRV: lambda args: Prior("beta", args),
+    GammaRV: lambda args: Prior("gamma", args),  # (shape α, scale θ)
+    ExponentialRV: lambda args: Prior("gamma", (np.ones_like(args[0]), args[0])),
 }
 
 
@@ -561,12 +570,13 @@ def _match_normal(ctx: _Context, y: Variable, z: Variable, n_support: int) -> _B
     )
 
 
-def _data(ctx: _Context, y: Variable) -> Variable:
-    """Return the observed values of ``y`` as a float64 graph (constant or shared)."""
+def _data(ctx: _Context, y: Variable, dtype: str | None = "float64") -> Variable:
+    """Return the observed values of ``y`` as a graph (constant or shared), cast to ``dtype``."""
     value = ctx.problem.model.rvs_to_values[y]
     if not isinstance(value, Constant | TensorSharedVariable):
         raise _NoMatch
-    return pt.as_tensor(value).astype("float64")
+    value = pt.as_tensor(value)
+    return value.astype(dtype) if dtype else value
 
 
 class _MvNormalComponents(_Block):
@@ -672,6 +682,138 @@ def _match_mvnormal(ctx: _Context, y: Variable, z: Variable, n_support: int) -> 
     return _MvNormalComponents(_data(ctx, y), mu, cov, tuple(claims))
 
 
+class _CountComponents(_Block):
+    """One parameter per component with a conjugate update from two weighted sums.
+
+    Poisson rate λ (Gamma or flat prior): Q_k = S_k log λ - N_k λ + (α - 1) log λ - λ / θ,
+    so λ = (S_k + α - 1) / (N_k + 1/θ). Bernoulli/Binomial probability p (Beta or flat
+    prior): Q_k = S_k log p + (T_k - S_k) log(1 - p) + (a - 1) log p + (b - 1) log(1 - p),
+    so p = (S_k + a - 1) / (T_k + a + b - 2), with S_k = Σ r_ik y_i, T_k = Σ r_ik n_i (n_i the
+    trials; N_k = Σ r_ik for the Poisson).
+    """
+
+    n_stats = 2
+
+    def __init__(self, kind, data, param: Role, prior: Prior | None, trials, claims):
+        self.kind = kind
+        self.data, self.param, self.prior = data, param, prior
+        self.trials = trials  # Binomial n (constant, broadcastable to the data), else None
+        self.claims = claims
+        self.reads = (param.rv.name,) if param.rv is not None else ()
+
+    def log_density(self, values):
+        theta = pt.as_tensor(self.param.value) if self.param.rv is None else values[self.reads[0]]
+        y = self.data[:, None]
+        if self.kind == "poisson":
+            dist = pm.Poisson.dist(mu=theta)
+        elif self.trials is None:
+            dist = pm.Bernoulli.dist(p=theta)
+        else:
+            dist = pm.Binomial.dist(n=pt.as_tensor(self.trials)[..., None], p=theta)
+        return pm.logp(dist, y)
+
+    def stats(self, resp, values):
+        y = self.data.astype("float64")[:, None]
+        if self.kind == "poisson":
+            total = resp.sum(axis=0)
+        elif self.trials is None:
+            total = resp.sum(axis=0)
+        else:
+            trials = pt.as_tensor(self.trials).astype("float64")
+            total = (resp * pt.broadcast_to(trials, self.data.shape)[:, None]).sum(axis=0)
+        return [(resp * y).sum(axis=0), total]
+
+    def update(self, stats, current):
+        s, t = stats
+        kind, args = (self.prior.kind, self.prior.args) if self.prior else ("flat", ())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if self.kind == "poisson":
+                alpha, scale = args if kind == "gamma" else (1.0, np.inf)
+                value = (s + alpha - 1.0) / (t + 1.0 / scale)
+            else:
+                a, b = args if kind == "beta" else (1.0, 1.0)
+                value = (s + a - 1.0) / (t + a + b - 2.0)
+        upper = np.inf if self.kind == "poisson" else 1.0
+        if not np.all((value > 0) & (value < upper)):
+            return None  # a mode on the boundary: no interior closed form
+        name = self.reads[0]
+        return {name: value.reshape(current[name].shape)}
+
+
+def _match_count(ctx, y, z, n_support, kind, param, trials) -> _Block | None:
+    if y.type.ndim != 1:
+        return None
+    role = _role(param, z, ctx.free, n_support)
+    if role is None or role.kind == "shared":
+        return None
+    if role.kind == "indexed" and ctx.shapes[role.rv.name] != (n_support,):
+        return None
+    claims, prior = (), None
+    if role.rv is not None:
+        prior = _prior(role.rv, ctx.shapes[role.rv.name])
+        allowed = ("flat", "gamma") if kind == "poisson" else ("flat", "beta")
+        if prior is not None and prior.kind in allowed and ctx.claimable(role.rv, {y}):
+            claims = (role.rv.name,)
+    return _CountComponents(kind, _data(ctx, y, dtype=None), role, prior, trials, claims)
+
+
+def _match_poisson(ctx: _Context, y: Variable, z: Variable, n_support: int) -> _Block | None:
+    (rate,) = y.owner.op.dist_params(y.owner)
+    return _match_count(ctx, y, z, n_support, "poisson", rate, None)
+
+
+def _match_binomial(ctx: _Context, y: Variable, z: Variable, n_support: int) -> _Block | None:
+    params = y.owner.op.dist_params(y.owner)
+    if isinstance(y.owner.op, BernoulliRV):
+        return _match_count(ctx, y, z, n_support, "binomial", params[0], None)
+    trials = _constant(params[0])
+    if trials is None or trials.ndim > 1:
+        return None
+    return _match_count(ctx, y, z, n_support, "binomial", params[1], trials)
+
+
+class _CategoricalComponents(_Block):
+    """Observed y_i ~ Categorical(p[z_i]) with p (K, C) ~ Dirichlet(a) per component.
+
+    S_kc = Σ_i r_ik [y_i = c]; p_kc = (S_kc + a_kc - 1) / Σ_c (S_kc + a_kc - 1).
+    """
+
+    n_stats = 1
+
+    def __init__(self, data, name: str, alpha: np.ndarray):
+        self.data, self.name, self.alpha = data, name, alpha
+        self.claims = self.reads = (name,)
+
+    def log_density(self, values):
+        p = values[self.name]  # (K, C)
+        return pm.logp(pm.Categorical.dist(p=p[None, :, :]), self.data[:, None])
+
+    def stats(self, resp, values):
+        n_categories = self.alpha.shape[-1]
+        onehot = pt.eq(self.data[:, None], pt.arange(n_categories)[None, :]).astype("float64")
+        return [pt.dot(resp.T, onehot)]  # (K, C)
+
+    def update(self, stats, current):
+        (counts,) = stats
+        numerator = counts + self.alpha - 1.0
+        if not np.all(numerator > 0):
+            return None
+        return {self.name: numerator / numerator.sum(axis=-1, keepdims=True)}
+
+
+def _match_categorical(ctx: _Context, y: Variable, z: Variable, n_support: int) -> _Block | None:
+    if y.type.ndim != 1:
+        return None
+    (p,) = y.owner.op.dist_params(y.owner)
+    role = _role(p, z, ctx.free, n_support)
+    if role is None or role.kind != "indexed" or len(ctx.shapes[role.rv.name]) != 2:
+        return None
+    prior = _prior(role.rv, ctx.shapes[role.rv.name])
+    if prior is None or prior.kind != "dirichlet" or not ctx.claimable(role.rv, {y}):
+        return None
+    return _CategoricalComponents(_data(ctx, y, dtype=None), role.rv.name, prior.args[0])
+
+
 class _NoMatch(Exception):
     """Raised inside the matchers when a structure is not the expected one."""
 
@@ -680,6 +822,10 @@ class _NoMatch(Exception):
 _COMPONENTS: dict[type, Callable[[_Context, Variable, Variable, int], _Block | None]] = {
     NormalRV: _match_normal,
     MvNormalRV: _match_mvnormal,
+    PoissonRV: _match_poisson,
+    BernoulliRV: _match_binomial,
+    BinomialRV: _match_binomial,
+    CategoricalRV: _match_categorical,
 }
 
 

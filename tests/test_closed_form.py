@@ -339,3 +339,60 @@ def test_mvnormal_with_a_normal_mean_prior_keeps_the_mean_numeric():
     x, _ = _data_2d()
     plan = match_closed_form(build_problem(_mvnormal_model(x, mu_prior="normal")))
     assert set(plan.claimed) == {"w", "cov"} and not plan.complete
+
+
+def _counts_model(kind, prior, seed=0):
+    rng = np.random.default_rng(seed)
+    z = rng.choice(K, size=N_OBS, p=[0.3, 0.5, 0.2])
+    with pm.Model() as model:
+        w = pm.Dirichlet("w", a=np.ones(K))
+        zz = pm.Categorical("z", p=w, shape=N_OBS)
+        if kind == "poisson":
+            lam = (
+                pm.Gamma("theta", alpha=2.0, beta=0.5, shape=K)
+                if prior
+                else pm.HalfFlat("theta", shape=K)
+            )
+            y = rng.poisson(np.array([1.0, 4.0, 10.0])[z])
+            pm.Poisson("y", mu=lam[zz], observed=y)
+        elif kind in ("bernoulli", "binomial"):
+            p = pm.Beta("theta", 2.0, 3.0, shape=K) if prior else pm.Beta("theta", 1, 1, shape=K)
+            probs = np.array([0.2, 0.5, 0.8])[z]
+            if kind == "bernoulli":
+                pm.Bernoulli("y", p=p[zz], observed=rng.binomial(1, probs))
+            else:
+                pm.Binomial("y", n=10, p=p[zz], observed=rng.binomial(10, probs))
+        else:
+            alpha = np.full((K, 4), 2.0) if prior else np.ones((K, 4))
+            p = pm.Dirichlet("theta", a=alpha, shape=(K, 4))
+            table = rng.dirichlet(np.ones(4), size=K)
+            y = np.array([rng.choice(4, p=table[k]) for k in z])
+            pm.Categorical("y", p=p[zz], observed=y)
+    return model, z
+
+
+# The flat variants run the same formulas with a = 1: slow-only, to keep the default run short.
+@pytest.mark.parametrize(
+    "prior", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["conjugate", "flat"]
+)
+@pytest.mark.parametrize("kind", ["poisson", "bernoulli", "binomial", "categorical"])
+def test_discrete_closed_forms_match_numeric_mstep(kind, prior):
+    rng = np.random.default_rng(8)
+    model, z = _counts_model(kind, prior)
+    problem = build_problem(model)
+    plan = match_closed_form(problem)
+    assert set(plan.claimed) == {"w", "theta"} and plan.complete
+    neg_q = compile_q(problem, mode="CVM")
+    mstep = ClosedFormMStep(plan, neg_q, compile_stats(problem, plan))
+    resp = (_responsibilities(z, rng),)
+    x0 = problem.start + rng.normal(0.0, 0.2, size=problem.start.shape)
+    x_closed = mstep(x0, resp)
+    assert mstep.n_fallback == 0
+    x_numeric = _reference_mstep(neg_q, x0, resp)
+    closed, numeric = _constrained(problem)(x_closed), _constrained(problem)(x_numeric)
+    for name in ("w", "theta"):
+        # 1e-8 relative: exact update against a Newton-polished numeric optimum.
+        np.testing.assert_allclose(closed[name], numeric[name], rtol=1e-8, err_msg=name)
+    lean = compile_lean_estep(problem, plan, mode="CVM")
+    full = compile_estep(problem, mode="CVM")
+    np.testing.assert_allclose(lean(x0).log_marginal[0], full(x0).log_marginal[0], rtol=1e-12)
