@@ -379,7 +379,7 @@ def fit(
     ...     y = pm.Normal("y", mu=mu[z], sigma=sigma[z], observed=x)
     ...     idata = pm_em.fit(random_seed=1, progressbar=False)
     >>> idata.posterior["mu"].values.round(1)
-    array([[[-2.1,  3. ]]])
+    array([[[-1.9,  3. ]]])
     """
     _validate(n_init, max_iter, tol, init)
     model = pm.modelcontext(model)
