@@ -7,11 +7,15 @@ PyMC model and calls `pm_em.fit`; nothing else is needed.
 2. A full two-component mixture: weights, means and sigmas, with its log-likelihood curve.
 3. A 1-D series with missing values: EM, not "fill NaN with the mean of means".
 4. A bivariate normal with entries missing in one column: imputations with their sd.
+5. EM beside NUTS on the same mixture (examples/em_vs_nuts.py): the comparison table and
+   plots, written to the folder given by ``--output`` (default ``em_demo_output/``).
 """
 
 import argparse
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pymc as pm
@@ -118,6 +122,10 @@ def bivariate_with_missing_values(rng):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=2026, help="seed of the generated data")
+    parser.add_argument(
+        "--output", type=Path, default=Path("em_demo_output"), help="folder for the plots"
+    )
+    parser.add_argument("--no-nuts", action="store_true", help="skip the NUTS comparison")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     with warnings.catch_warnings():
@@ -126,6 +134,12 @@ def main(argv=None):
         full_mixture(rng)
         series_with_missing_values()
         bivariate_with_missing_values(rng)
+    if not args.no_nuts:
+        _header("5. EM beside NUTS on the same model")
+        sys.path.insert(0, str(Path(__file__).parent))
+        import em_vs_nuts  # the example script next to this one
+
+        em_vs_nuts.main(args.output)
 
 
 if __name__ == "__main__":
