@@ -19,6 +19,7 @@ for a new data set of the same model, and no rewrite spends time folding large c
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pytensor.tensor as pt
@@ -134,18 +135,27 @@ class EStepResult:
         """Observed-data log likelihood: the log posterior less the log prior."""
         return self.log_posterior - self.log_prior
 
-    @property
+    @cached_property
     def resp(self) -> tuple[np.ndarray, ...]:
-        """Responsibilities p(z_i = k | y, θ), C-contiguous for the M-step."""
-        return tuple(np.ascontiguousarray(np.exp(lr)) for lr in self.log_resp)
+        """Responsibilities p(z_i = k | y, θ), C-contiguous for the M-step.
+
+        Computed once per result (every caller shares the arrays: do not modify them), and
+        exponentiated straight into C order (no second copy for an F-ordered ``log_resp``).
+        """
+        return tuple(np.exp(lr, order="C") for lr in self.log_resp)
 
 
-def compile_estep(problem: EMProblem, **compile_kwargs) -> Callable[[np.ndarray], EStepResult]:
+def compile_estep(
+    problem: EMProblem, log_joints: Sequence[Variable] | None = None, **compile_kwargs
+) -> Callable[[np.ndarray], EStepResult]:
     """Compile the E-step of ``problem`` into a function of the flat parameter vector.
 
     Parameters
     ----------
     problem : EMProblem
+    log_joints : sequence of Variable, optional
+        Each latent's joint log density, (*shape, K), in place of the model's own
+        (``latent.log_joint``): a closed-form plan's broadcasts, cheaper in time and memory.
     **compile_kwargs
         Passed to `pymc.pytensorf.compile` (e.g. ``mode``).
 
@@ -154,13 +164,15 @@ def compile_estep(problem: EMProblem, **compile_kwargs) -> Callable[[np.ndarray]
     callable
         ``estep(x) -> EStepResult``.
     """
+    if log_joints is None:
+        log_joints = [latent.log_joint for latent in problem.latents]
     log_resp, log_marginal = [], []
-    for latent in problem.latents:
-        lse = pt.logsumexp(latent.log_joint, axis=-1)  # (*shape,)
+    for log_joint in log_joints:
+        lse = pt.logsumexp(log_joint, axis=-1)  # (*shape,)
         # An element with no possible value has lse = -inf; keep its row finite (the log
         # posterior is -inf anyway, and the loop reports it).
         safe = pt.switch(pt.isinf(lse), 0.0, lse)
-        log_resp.append(latent.log_joint - safe[..., None])
+        log_resp.append(log_joint - safe[..., None])
         log_marginal.append(lse)
     rest = list(problem.log_lik_rest.values())
     log_post = problem.log_prior + pt.add(

@@ -131,12 +131,14 @@ def _compiled(model: pm.Model, latent, compile_kwargs: dict) -> _Compiled:
     # "lean_mode" is ours, not pytensor's: the backend of the lean E-step alone.
     compile_kwargs = dict(compile_kwargs)
     lean_mode = compile_kwargs.pop("lean_mode", None)
-    estep = compile_estep(problem, **compile_kwargs)
+    # The model's own E-step; a closed-form model replaces it (build_mstep) and compiles it
+    # only to check its lean E-step once.
+    estep = LazyFunction(lambda: compile_estep(problem, **compile_kwargs))
     # Q and its gradient compile on first use: a closed-form fit may never need them.
     neg_q = LazyFunction(lambda: compile_q(problem, **compile_kwargs))
     values = compile_point_values(problem, **compile_kwargs)
     impute = compile_missing(problem, **compile_kwargs)
-    mstep, em_map = build_mstep(problem, estep, neg_q, lean_mode=lean_mode, **compile_kwargs)
+    estep, mstep, em_map = build_mstep(problem, estep, neg_q, lean_mode=lean_mode, **compile_kwargs)
     compiled = _Compiled(problem, estep, neg_q, mstep, values, impute, signature, em_map)
     per_model[key] = compiled
     return compiled
@@ -240,7 +242,7 @@ def _run_em(compiled, x0, *, run_index, max_iter, tol, progress, task, accelerat
     run.log_likelihood.append(e.log_likelihood)
     step = make_step(compiled.em_map, accelerate)
     if compiled.em_map.lean:
-        e = compiled.em_map.estep(x0)
+        run.estep = e = compiled.em_map.estep(x0)  # frees the (n, K) arrays of the full one
 
     def valid(e_try) -> bool:
         return _collapse(problem, e_try) is None
