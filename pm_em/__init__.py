@@ -17,6 +17,7 @@ from pm_em.exceptions import (
     EMConvergenceWarning,
     EmptyComponentWarning,
     EMWarning,
+    MissingMomentWarning,
     NonMonotoneWarning,
 )
 from pm_em.fit import ConvergenceMonitor, fit
@@ -34,6 +35,7 @@ __all__ = [
     "EMConvergenceWarning",
     "EMWarning",
     "EmptyComponentWarning",
+    "MissingMomentWarning",
     "NonMonotoneWarning",
     # Low-level pieces
     "ConvergenceMonitor",
