@@ -399,8 +399,9 @@ def main(argv=None):
     only = set(args.only.split(","))
     from pm_em.fit import default_compile_kwargs
 
-    default_mode = default_compile_kwargs().get("mode")
-    results = {"modes": modes, "default_mode": default_mode}
+    # Sections 3-5 use pm_em's defaults (mode=None: no compile_kwargs).
+    default_mode = None
+    results = {"modes": modes, "defaults": default_compile_kwargs()}
     sections = [
         ("per_iteration", lambda: section_per_iteration(args, modes)),
         ("first_fit", lambda: section_first_fit(args, modes)),

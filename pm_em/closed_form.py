@@ -270,6 +270,10 @@ class _Block:
     claims: tuple[str, ...] = ()
     reads: tuple[str, ...] = ()
     n_stats: int = 0
+    # Whether the block also writes its terms one component at a time (`log_density_k`,
+    # `stats_k`): K graphs over vectors of length n fuse and vectorize better than one graph
+    # over (n, K), which the lean E-step then uses.
+    unrolled: bool = False
 
     def log_density(self, values: dict[str, Variable]) -> Variable:
         """Return this block's term of log p(z_i = k, · | θ), broadcastable to (n, K)."""
@@ -277,6 +281,14 @@ class _Block:
 
     def stats(self, resp: Variable, values: dict[str, Variable]) -> list[Variable]:
         """Sufficient statistics (small arrays) from the (n, K) responsibilities."""
+        return []
+
+    def log_density_k(self, values: dict[str, Variable], k: int) -> Variable:
+        """Return the term of component ``k`` alone, broadcastable to (n,)."""
+        raise NotImplementedError
+
+    def stats_k(self, resp_k: Variable, values: dict[str, Variable], k: int) -> list[Variable]:
+        """Return component ``k``'s entry of each statistic, from its responsibilities (n,)."""
         return []
 
     def update(
@@ -287,12 +299,17 @@ class _Block:
 
 
 class _FixedWeights(_Block):
+    unrolled = True
+
     def __init__(self, p: np.ndarray):
         self.p = p
 
     def log_density(self, values):
         k = pt.arange(self.p.shape[-1])
         return pm.logp(pm.Categorical.dist(p=pt.as_tensor(self.p)), k)
+
+    def log_density_k(self, values, k):
+        return pm.logp(pm.Categorical.dist(p=pt.as_tensor(self.p)), pt.as_tensor(k))
 
 
 class _DirichletWeights(_Block):
@@ -305,12 +322,20 @@ class _DirichletWeights(_Block):
         self.alpha = alpha
         self.claims = (name,)
 
+    unrolled = True
+
     def log_density(self, values):
         w = values[self.name]
         return pm.logp(pm.Categorical.dist(p=w), pt.arange(self.alpha.shape[-1]))
 
     def stats(self, resp, values):
         return [resp.sum(axis=0)]
+
+    def log_density_k(self, values, k):
+        return pm.logp(pm.Categorical.dist(p=values[self.name]), pt.as_tensor(k))
+
+    def stats_k(self, resp_k, values, k):
+        return [resp_k.sum()]
 
     def update(self, stats, current):
         (counts,) = stats
@@ -408,6 +433,25 @@ class _NormalComponents(_Block):
         d = self.data[:, None] - centre  # (n, K)
         rd = resp * d
         return [resp.sum(axis=0), rd.sum(axis=0), (rd * d).sum(axis=0)]
+
+    unrolled = True
+
+    def _param_k(self, role: Role, values, k: int) -> Variable:
+        if role.rv is None:
+            value = np.asarray(role.value)
+            return pt.as_tensor(value[k] if value.ndim else value)
+        value = values[role.rv.name]
+        return value[k] if role.kind == "indexed" else value.reshape(())
+
+    def log_density_k(self, values, k):
+        mu = self._param_k(self.mu, values, k)
+        sigma = self._param_k(self.sigma, values, k)
+        return pm.logp(pm.Normal.dist(mu=mu, sigma=sigma), self.data)
+
+    def stats_k(self, resp_k, values, k):
+        d = self.data - self._param_k(self.mu, values, k)  # (n,)
+        rd = resp_k * d
+        return [resp_k.sum(), rd.sum(), (rd * d).sum()]
 
     def update(self, stats, current):
         n, a, b = stats
@@ -893,14 +937,52 @@ class ClosedFormPlan:
         terms = [b.log_density(values) for b in lp.blocks]
         return pt.add(*(pt.as_tensor(t).astype("float64") for t in terms))
 
-    def stat_graphs(self, resps: Sequence[Variable]) -> list[Variable]:
+    def unrolled_terms(self, latent_index: int) -> tuple[Variable, list[Variable]] | None:
+        """Return the log marginal (n,) and the statistics, computed component by component.
+
+        None unless every block of the latent writes its terms one component at a time.
+        The statistics are in the order of `stat_graphs` (without the values read).
+        """
+        matches = [lp for lp in self.latents if lp.latent_index == latent_index]
+        if not matches or not all(b.unrolled for b in matches[0].blocks):
+            return None
+        (lp,) = matches
+        values = self.problem.constrained
+        n_support = self.problem.latents[latent_index].support.size
+        logs = [
+            pt.add(*(pt.as_tensor(b.log_density_k(values, k)).astype("float64") for b in lp.blocks))
+            for k in range(n_support)
+        ]  # K graphs of shape (n,)
+        top = logs[0]
+        for log_k in logs[1:]:
+            top = pt.maximum(top, log_k)
+        top = pt.switch(pt.isinf(top), 0.0, top)  # no possible value: lse = log 0 = -inf
+        lse = top + pt.log(pt.add(*(pt.exp(log_k - top) for log_k in logs)))
+        safe = pt.switch(pt.isinf(lse), 0.0, lse)
+        resps = [pt.exp(log_k - safe) for log_k in logs]
+        stats = []
+        for block in lp.blocks:
+            per_k = [block.stats_k(resps[k], values, k) for k in range(n_support)]
+            stats.extend(
+                pt.stack([per_k[k][i] for k in range(n_support)]) for i in range(block.n_stats)
+            )
+        return lse, stats
+
+    def stat_graphs(
+        self, resps: Sequence[Variable], unrolled: dict[int, list[Variable]] | None = None
+    ) -> list[Variable]:
         """Statistics of every block, then the current values of every variable read.
 
-        ``resps`` holds the (n, K) responsibilities of every latent of the problem.
+        ``resps`` holds the (n, K) responsibilities of every latent of the problem;
+        ``unrolled`` the statistics already computed by `unrolled_terms`, per latent index.
         """
         values = self.problem.constrained
+        unrolled = unrolled or {}
         out = []
         for lp in self.latents:
+            if lp.latent_index in unrolled:
+                out.extend(unrolled[lp.latent_index])
+                continue
             for block in lp.blocks:
                 out.extend(block.stats(resps[lp.latent_index], values))
         out.extend(pt.as_tensor(values[name]).astype("float64") for name in self.reads)

@@ -244,14 +244,19 @@ def compile_lean_estep(
     callable
         ``lean_estep(x) -> LeanEStepResult``.
     """
-    resps, log_marginal = [], []
+    resps, log_marginal, unrolled = [], [], {}
     for j in range(len(problem.latents)):
-        log_joint = plan.log_joint(j)  # (n, K)
-        lse = pt.logsumexp(log_joint, axis=-1)  # (n,)
-        safe = pt.switch(pt.isinf(lse), 0.0, lse)
-        resps.append(pt.exp(log_joint - safe[..., None]))
+        terms = plan.unrolled_terms(j)
+        if terms is not None:  # K vectors of length n rather than one (n, K) array
+            lse, unrolled[j] = terms
+            resps.append(None)
+        else:
+            log_joint = plan.log_joint(j)  # (n, K)
+            lse = pt.logsumexp(log_joint, axis=-1)  # (n,)
+            safe = pt.switch(pt.isinf(lse), 0.0, lse)
+            resps.append(pt.exp(log_joint - safe[..., None]))
         log_marginal.append(lse)
-    stats = plan.stat_graphs(resps)
+    stats = plan.stat_graphs(resps, unrolled)
     rest = list(problem.log_lik_rest.values())
     log_post = problem.log_prior + pt.add(
         pt.constant(0.0, dtype="float64"),

@@ -174,6 +174,8 @@ def test_lean_estep_statistics_equal_those_of_the_responsibilities():
     y, _ = _data()
     problem = build_problem(_model("dirichlet", "normal_strong", "invgamma", y))
     plan = match_closed_form(problem)
+    # Normal components and Dirichlet weights: the lean E-step works one component at a time.
+    assert plan.unrolled_terms(0) is not None
     lean = compile_lean_estep(problem, plan, mode="CVM")
     full = compile_estep(problem, mode="CVM")
     stats_from_resp = compile_stats(problem, plan)
