@@ -21,6 +21,7 @@ Sections:
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -377,10 +378,12 @@ def print_tables(results, modes):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    jax = importlib.util.find_spec("jax") is not None
     parser.add_argument(
         "--modes",
-        default="CVM,NUMBA,CVM+NUMBA",
-        help="compile backends, comma-separated; A+B compiles the lean E-step with B",
+        default="CVM,NUMBA,CVM+NUMBA" + (",CVM+JAX" if jax else ""),
+        help="compile backends, comma-separated; A+B compiles the lean E-step with B "
+        "(CVM+JAX is included when jax is importable; it is not a dependency of pm_em)",
     )
     parser.add_argument("--sizes", default="1e4,1e5,1e6", help="n for the 1-D cases")
     parser.add_argument("--sizes-2d", default="1e5", help="n for the 2-D case ('' for none)")
