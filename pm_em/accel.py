@@ -108,7 +108,7 @@ class SquaremStep:
         mstep = self.em.mstep
         x1 = mstep(x0, e0)
         e1 = self._estep(x1)
-        if not np.isfinite(e1.log_posterior) or not valid(e1):
+        if not np.isfinite(e1.log_posterior):
             return x1, e1  # plain EM already fails here: let the loop handle it
         x2 = mstep(x1, e1)
         r = x1 - x0
@@ -119,7 +119,9 @@ class SquaremStep:
         if alpha > 1.0 + 1e-2:
             x_ext = x0 + 2.0 * alpha * r + alpha * alpha * v
             e_ext = self._estep(x_ext)
-            if np.isfinite(e_ext.log_posterior) and valid(e_ext):
+            # Only the point returned is checked with `valid` (a pass over the data each):
+            # the loop checks it again, and rejects a degenerate one.
+            if np.isfinite(e_ext.log_posterior):
                 # One EM iteration from the extrapolation: EM's own stabilization.
                 x_new = mstep(x_ext, e_ext)
                 e_new = self._estep(x_new)
