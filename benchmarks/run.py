@@ -381,8 +381,9 @@ def main(argv=None):
     jax = importlib.util.find_spec("jax") is not None
     parser.add_argument(
         "--modes",
-        default="CVM,NUMBA,CVM+NUMBA" + (",CVM+JAX" if jax else ""),
+        default="CVM,NUMBA,CVM+NUMBA,CVM+auto" + (",CVM+JAX" if jax else ""),
         help="compile backends, comma-separated; A+B compiles the lean E-step with B "
+        "(CVM+auto is pm_em's default) "
         "(CVM+JAX is included when jax is importable; it is not a dependency of pm_em)",
     )
     parser.add_argument("--sizes", default="1e4,1e5,1e6", help="n for the 1-D cases")

@@ -352,7 +352,8 @@ def fit(
     compile_kwargs : dict, optional
         Passed to `pymc.pytensorf.compile`, e.g. ``{"mode": "NUMBA"}``; the extra key
         ``"lean_mode"`` sets the backend of the per-iteration E-step of a closed-form model
-        alone. Default: `default_compile_kwargs`, ``{"mode": "CVM", "lean_mode": "NUMBA"}``.
+        alone (``"auto"``: Numba for large data). Default: `default_compile_kwargs`,
+        ``{"mode": "CVM", "lean_mode": "auto"}``.
 
     Returns
     -------
@@ -484,6 +485,7 @@ def default_compile_kwargs() -> dict:
     Measured by ``./dev bench`` (issue 5): C ("CVM") compiles fastest and its cache is keyed
     on the Ops, so a new model or data set costs little; the lean E-step of a closed-form
     model, which runs every iteration and whose graph is the same for every data set and size,
-    runs about twice as fast in Numba at large n, so it alone is compiled with Numba.
+    runs faster in Numba at large n, so there it alone is compiled with Numba (``"auto"``:
+    from `pm_em.mstep.AUTO_NUMBA_SIZE` latent elements on).
     """
-    return {"mode": "CVM", "lean_mode": "NUMBA"}
+    return {"mode": "CVM", "lean_mode": "auto"}
