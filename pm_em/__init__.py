@@ -3,10 +3,13 @@
 Declare a mixture or missing-data model the ordinary PyMC way and `fit` returns its posterior
 mode as an ArviZ `xarray.DataTree` that sits beside a NUTS result.
 
-Compilation: pm_em compiles its E- and M-step graphs with PyTensor's ``"CVM"`` (C) mode by
-default, whose on-disk cache is keyed on the operations rather than the data, so a new data
-set of the same model costs about a second instead of a fresh Numba compile. Pass
-``compile_kwargs={"mode": "NUMBA"}`` (or ``"JAX"``) to `fit` for another backend.
+Compilation: pm_em compiles its graphs with PyTensor's ``"CVM"`` (C) mode by default, whose
+on-disk cache is keyed on the operations rather than the data, so a new data set of the same
+model costs about a second instead of a fresh Numba compile. The per-iteration E-step of a
+closed-form model (``lean_mode``) uses Numba from 250,000 latent elements on, where it runs
+faster, and CVM below (`pm_em.fit.default_compile_kwargs`). Pass e.g.
+``compile_kwargs={"mode": "NUMBA", "lean_mode": "NUMBA"}`` to `fit` for another backend;
+``./dev bench`` measures them.
 """
 
 from pm_em.compare import LabelSwitchingWarning, align_components, compare

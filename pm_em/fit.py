@@ -186,7 +186,10 @@ def _collapse(problem: EMProblem, e: EStepResult) -> str | None:
             continue
         flat = lm.ravel()
         top = int(np.argmax(flat))
-        spike = flat[top] - np.median(flat)
+        # The typical value from an evenly spaced subsample: the median of all n values costs
+        # ~10 ms per iteration at n = 1e6, and the threshold is far from the median's noise.
+        stride = max(1, flat.size // 10_000)
+        spike = flat[top] - np.median(flat[::stride])
         if spike > _COLLAPSE_NATS * lat.values_per_element:
             return (
                 f"element {top} of {list(lat.observed)} (latent '{lat.name}') has a log "

@@ -15,6 +15,7 @@ import numpy as np
 import pymc as pm
 import pytensor
 import pytensor.tensor as pt
+from pymc.pytensorf import compile as compile_pymc
 from pymc.pytensorf import join_nonshared_inputs
 from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.replace import vectorize_graph
@@ -664,8 +665,10 @@ def _check_separable(problem: EMProblem, spec: Latent, deps, by_observed) -> Non
         if value_vars
         else ([joint], problem.x)
     )
-    joint_fn = pytensor.function([x, zv], joint_x, mode=_CHECK_MODE, on_unused_input="ignore")
-    log_joint_fn = pytensor.function(
+    # pymc's compile turns parameter checks (e.g. a non-PD covariance at the random test
+    # point) into -inf instead of raising.
+    joint_fn = compile_pymc([x, zv], joint_x, mode=_CHECK_MODE, on_unused_input="ignore")
+    log_joint_fn = compile_pymc(
         [problem.x], spec.log_joint, mode=_CHECK_MODE, on_unused_input="ignore"
     )
     rng = np.random.default_rng(20261122)

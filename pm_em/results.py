@@ -92,9 +92,9 @@ def build_datatree(
     )
 
     lat_vars = {}
-    for lat, log_resp in zip(problem.latents, e.log_resp, strict=True):
+    for lat, resp in zip(problem.latents, e.resp, strict=True):
         lat_vars[lat.name] = xr.DataArray(
-            np.exp(log_resp),
+            resp,
             dims=(*lat.dims, lat.support_dim),
             coords={
                 lat.support_dim: lat.support,
