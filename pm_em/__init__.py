@@ -12,7 +12,7 @@ faster, and CVM below (`pm_em.fit.default_compile_kwargs`). Pass e.g.
 ``./dev bench`` measures them.
 """
 
-from pm_em.compare import LabelSwitchingWarning, align_components, compare
+from pm_em.compare import align_components, compare
 from pm_em.criteria import information_criteria
 from pm_em.exceptions import (
     DegenerateFitError,
@@ -20,11 +20,13 @@ from pm_em.exceptions import (
     EMConvergenceWarning,
     EmptyComponentWarning,
     EMWarning,
+    LabelSwitchingWarning,
+    LaplaceWarning,
     MissingMomentWarning,
     NonMonotoneWarning,
 )
 from pm_em.fit import ConvergenceMonitor, fit
-from pm_em.laplace import LaplaceWarning, laplace
+from pm_em.laplace import laplace
 from pm_em.marginal import marginalize, sample_marginal
 from pm_em.plots import plot_convergence, plot_em_posterior, plot_mixture
 from pm_em.problem import EMProblem, build_problem

@@ -19,15 +19,11 @@ import pandas as pd
 import xarray as xr
 from scipy.optimize import linear_sum_assignment
 
-from pm_em.exceptions import EMWarning
+from pm_em.exceptions import LabelSwitchingWarning
 
-__all__ = ["LabelSwitchingWarning", "align_components", "compare"]
+__all__ = ["align_components", "compare"]
 
 _SAMPLE_DIMS = ("chain", "draw")
-
-
-class LabelSwitchingWarning(EMWarning):
-    """The chains of a posterior sample label the mixture components differently."""
 
 
 def _posterior(idata: xr.DataTree, what: str) -> xr.Dataset:

@@ -29,5 +29,13 @@ class DegenerateRunWarning(EMWarning):
     """A restart was abandoned because the likelihood became unbounded (a collapsed component)."""
 
 
+class LabelSwitchingWarning(EMWarning):
+    """The chains of a posterior sample label the mixture components differently."""
+
+
+class LaplaceWarning(EMWarning):
+    """The Laplace approximation at the EM estimate is unreliable (see the message)."""
+
+
 class DegenerateFitError(ValueError):
     """Every EM run ended in a degenerate point (unbounded likelihood)."""

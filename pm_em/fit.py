@@ -363,6 +363,9 @@ def fit(
     xarray.DataTree
         Groups ``posterior`` (chain=1, draw=1), ``latent_posterior``, ``em_stats``,
         ``log_likelihood``, ``observed_data``, ``constant_data``; see the README.
+        Deterministics that depend on a latent or on missing values have no single value
+        at the estimate and are left out of ``posterior`` (the completed data of a variable
+        with missing values is there, under its name).
 
     Raises
     ------

@@ -25,7 +25,7 @@ from arviz_base import dict_to_dataset
 from pymc.backends.arviz import coords_and_dims_for_inferencedata
 from pymc.pytensorf import compile as compile_pymc
 
-from pm_em.exceptions import EMWarning
+from pm_em.exceptions import LaplaceWarning
 from pm_em.fit import _compiled, default_compile_kwargs
 from pm_em.marginal import compile_to_x, pytensor_compile_kwargs
 from pm_em.problem import EMProblem
@@ -35,10 +35,6 @@ __all__ = ["LaplaceWarning", "compile_log_posterior_hessian", "laplace"]
 # A Newton step from the estimate longer than this many standard errors means the estimate
 # is not the mode (EM stopped early), so the curvature there describes some other point.
 _MAX_NEWTON_SE = 0.1
-
-
-class LaplaceWarning(EMWarning):
-    """The Laplace approximation at the EM estimate is unreliable (see the message)."""
 
 
 def log_posterior_graph(problem: EMProblem) -> pt.TensorVariable:
