@@ -30,7 +30,7 @@ from pm_em.fit import _compiled, default_compile_kwargs
 from pm_em.marginal import compile_to_x, pytensor_compile_kwargs
 from pm_em.problem import EMProblem
 
-__all__ = ["LaplaceWarning", "compile_log_posterior_hessian", "laplace"]
+__all__ = ["compile_log_posterior_hessian", "laplace"]
 
 # A Newton step from the estimate longer than this many standard errors means the estimate
 # is not the mode (EM stopped early), so the curvature there describes some other point.
