@@ -264,7 +264,7 @@ def build_problem(model: pm.Model, latent: Sequence[str] | None = None) -> EMPro
 
     # One flat input for every graph, so that the E-step, M-step and results share it.
     outputs = [
-        *(lg for _, lg in latents_raw),
+        *(spec.log_joint for spec, _ in latents_raw),
         *(g for spec in missing_raw for g in (spec.mean, spec.var)),
         *prior_terms.values(),
         *log_lik_rest.values(),
@@ -319,8 +319,8 @@ def build_problem(model: pm.Model, latent: Sequence[str] | None = None) -> EMPro
     )
     start = problem.to_x(point) if value_vars else np.zeros(0)
     problem = replace(problem, start=start)
-    for spec in latents:
-        _check_separable(problem, spec, groups[model[spec.name]], by_observed)
+    for spec, (_, terms) in zip(latents, latents_raw, strict=True):
+        _check_separable(problem, spec, terms)
     return problem
 
 
@@ -495,8 +495,11 @@ def _enumerated(zv, support: np.ndarray, z_shape: tuple[int, ...]) -> Variable:
     return pt.broadcast_to(k_first, (support.size, *z_shape)).astype(zv.dtype)
 
 
-def _latent_graph(model, z, deps, point, by_observed) -> tuple[Latent, Variable]:
-    """Build log p(z_i = k, deps_i | θ) of shape (*z.shape, K), in value-variable terms."""
+def _latent_graph(model, z, deps, point, by_observed) -> tuple[Latent, list[_Term]]:
+    """Build log p(z_i = k, deps_i | θ) of shape (*z.shape, K), in value-variable terms.
+
+    Also returns the unbatched terms it was built from, for the separability check.
+    """
     name = z.name
     support = finite_support(z, name)
     zv = model.rvs_to_values[z]
@@ -504,7 +507,8 @@ def _latent_graph(model, z, deps, point, by_observed) -> tuple[Latent, Variable]
     n_support = support.size
     enumerated = _enumerated(zv, support, z_shape)
     parts = []
-    for term in _group_terms(model, z, deps, by_observed, point):
+    terms = _group_terms(model, z, deps, by_observed, point)
+    for term in terms:
         # Entry [k, ...] is the term with every element of z at support value k.
         batched = vectorize_graph(term.graph, replace={zv: enumerated})
         batched = pt.broadcast_to(batched, (n_support, *term.shape)).astype("float64")
@@ -539,7 +543,7 @@ def _latent_graph(model, z, deps, point, by_observed) -> tuple[Latent, Variable]
         values_per_element=max(n_values // n_elements, 1),
         log_joint=log_joint,
     )
-    return spec, log_joint
+    return spec, terms
 
 
 def _dims_from_dependents(model, deps, z_shape, by_observed) -> tuple | None:
@@ -643,7 +647,7 @@ def _missing_graphs(model, imp: Imputed, z, latents_raw) -> MissingValues:
     )
 
 
-def _check_separable(problem: EMProblem, spec: Latent, deps, by_observed) -> None:
+def _check_separable(problem: EMProblem, spec: Latent, terms: list[_Term]) -> None:
     """Refuse a latent whose joint density does not split into one term per element.
 
     Enumeration computes each element's term with every element set to the same value.
@@ -654,8 +658,6 @@ def _check_separable(problem: EMProblem, spec: Latent, deps, by_observed) -> Non
     model = problem.model
     z = model[spec.name]
     zv = model.rvs_to_values[z]
-    point = model.initial_point()
-    terms = _group_terms(model, z, deps, by_observed, point)
     joint = pt.add(*[t.graph.sum().astype("float64") for t in terms])
     value_vars = [model.rvs_to_values[model[p.name]] for p in problem.params]
     [joint_x], x = (
