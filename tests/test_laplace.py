@@ -3,37 +3,16 @@
 import warnings
 
 import numpy as np
-import pymc as pm
 import pytensor
 import pytest
 import xarray as xr
 
+# The same data and model as the marginal-model tests, so both check one density.
+from test_marginal import gmm, make_data
+
 import pm_em
 from pm_em.fit import _compiled, default_compile_kwargs
 from pm_em.marginal import compile_to_x
-
-
-def make_data(seed, n, weights=(0.35, 0.65), means=(-1.5, 1.2), sds=(0.7, 1.0)):
-    rng = np.random.default_rng(seed)
-    z = rng.choice(len(weights), size=n, p=np.asarray(weights))
-    return rng.normal(np.asarray(means)[z], np.asarray(sds)[z])
-
-
-def gmm(x, *, ordered=False):
-    coords = {"component": [0, 1], "obs": np.arange(len(x))}
-    with pm.Model(coords=coords) as model:
-        w = pm.Dirichlet("w", a=np.ones(2), dims="component")
-        mu_kwargs = (
-            {"transform": pm.distributions.transforms.ordered, "initval": [-1.0, 1.0]}
-            if ordered
-            else {}
-        )
-        mu = pm.Normal("mu", 0.0, 10.0, dims="component", **mu_kwargs)
-        sigma = pm.HalfNormal("sigma", 5.0, dims="component")
-        z = pm.Categorical("z", p=w, dims="obs")
-        pm.Normal("y", mu=mu[z], sigma=sigma[z], observed=x, dims="obs")
-        pm.Deterministic("gap", mu[1] - mu[0])
-    return model
 
 
 def fd_hessian(f, x, h=1e-3):
