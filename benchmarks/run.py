@@ -401,7 +401,7 @@ def main(argv=None):
     args.sizes_2d = [int(float(s)) for s in args.sizes_2d.split(",") if s]
     modes = [m for m in args.modes.split(",") if m]
     only = set(args.only.split(","))
-    from pm_em.fit import default_compile_kwargs
+    from pm_em.compiling import default_compile_kwargs
 
     # Sections 3-5 use pm_em's defaults (mode=None: no compile_kwargs).
     default_mode = None

@@ -3,17 +3,23 @@
 Declare a mixture or missing-data model the ordinary PyMC way and `fit` returns its posterior
 mode as an ArviZ `xarray.DataTree` that sits beside a NUTS result.
 
+Layout (data flow one way; docs/architecture.md has one line per module and how to extend):
+`pm_em.reading` turns a model into an `EMProblem` (latent readers in `reading.build.READERS`);
+`pm_em.closed_form` recognizes closed-form M-steps (one module per family, registered in
+`closed_form.registry.COMPONENTS`); `pm_em.engine` runs the E- and M-steps, restarts and the
+polish; `pm_em.fitting` is `fit`; `pm_em.results` packages the DataTree and puts EM beside the
+full posterior (`sample_marginal`, `compare`, `laplace`, `information_criteria`, plots).
+
 Compilation: pm_em compiles its graphs with PyTensor's ``"CVM"`` (C) mode by default, whose
 on-disk cache is keyed on the operations rather than the data, so a new data set of the same
 model costs about a second instead of a fresh Numba compile. The per-iteration E-step of a
 closed-form model (``lean_mode``) uses Numba from 250,000 latent elements on, where it runs
-faster, and CVM below (`pm_em.fit.default_compile_kwargs`). Pass e.g.
+faster, and CVM below (`pm_em.compiling.default_compile_kwargs`). Pass e.g.
 ``compile_kwargs={"mode": "NUMBA", "lean_mode": "NUMBA"}`` to `fit` for another backend;
 ``./dev bench`` measures them.
 """
 
-from pm_em.compare import align_components, compare
-from pm_em.criteria import information_criteria
+from pm_em.engine.monitor import ConvergenceMonitor
 from pm_em.exceptions import (
     DegenerateFitError,
     DegenerateRunWarning,
@@ -25,11 +31,14 @@ from pm_em.exceptions import (
     MissingMomentWarning,
     NonMonotoneWarning,
 )
-from pm_em.fit import ConvergenceMonitor, fit
-from pm_em.laplace import laplace
-from pm_em.marginal import marginalize, sample_marginal
-from pm_em.plots import plot_convergence, plot_em_posterior, plot_mixture
-from pm_em.problem import EMProblem, build_problem
+from pm_em.fitting import fit
+from pm_em.reading.build import build_problem
+from pm_em.reading.problem import EMProblem
+from pm_em.results.compare import align_components, compare
+from pm_em.results.criteria import information_criteria
+from pm_em.results.laplace import laplace
+from pm_em.results.marginal import marginalize, sample_marginal
+from pm_em.results.plots import plot_convergence, plot_em_posterior, plot_mixture
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,22 @@
-"""Warning classes of pm_em, so that users can filter each kind on its own."""
+"""Warning and error classes of pm_em, so that users can filter each kind on its own.
+
+`warn` issues a pm_em warning attributed to the first frame outside pm_em: the user's call.
+"""
+
+import sys
+import warnings
+from pathlib import Path
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+def warn(message: str, category: type[Warning]) -> None:
+    """Warn with ``category``, pointing at the caller's first frame outside pm_em."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        level += 1
+        frame = frame.f_back
+    warnings.warn(message, category, stacklevel=level)
 
 
 class EMWarning(UserWarning):

@@ -13,7 +13,9 @@ import pytest
 from scipy.special import logsumexp
 
 import pm_em
-from pm_em.fit import ConvergenceMonitor, _compiled, default_compile_kwargs
+from pm_em.compiling import default_compile_kwargs
+from pm_em.engine.compiled import compile_model
+from pm_em.engine.monitor import ConvergenceMonitor
 
 
 def _gmm(x, *, flat=False, k=2):
@@ -119,7 +121,7 @@ def test_same_seed_same_bits(data):
 def test_compiles_once_per_model(data):
     model = _gmm(data)
     kw = default_compile_kwargs()
-    assert _compiled(model, None, kw) is _compiled(model, None, kw)
+    assert compile_model(model, None, kw) is compile_model(model, None, kw)
 
 
 def test_max_iter_warns(data):

@@ -1,0 +1,115 @@
+"""MvNormal components: rows y_i ~ MvNormal(mu[z_i], cov[z_i]) with flat priors."""
+
+import numpy as np
+import pytensor.tensor as pt
+from pytensor.graph.basic import Variable
+
+from pm_em.closed_form.block import Block, Context
+from pm_em.closed_form.graph import Role, data_graph, read_role
+from pm_em.closed_form.priors import read_prior
+
+__all__ = ["match_mvnormal"]
+
+
+class _MvNormalComponents(Block):
+    """Observed rows y_i ~ MvNormal(mu[z_i], cov[z_i]), d-dimensional.
+
+    Statistics per component k, centred at the current mean c_k: N_k = Σ r_ik,
+    A_k = Σ r_ik (y_i - c_k) (d,), B_k = Σ r_ik (y_i - c_k)(y_i - c_k)ᵀ (d, d). With flat
+    priors the update is the weighted mean m_k = c_k + A_k / N_k and the weighted covariance
+    B_k / N_k - (A_k / N_k)(A_k / N_k)ᵀ (symmetric: a Flat covariance enters the density
+    through its lower triangle only, so the symmetric matrix is one of its maximizers).
+    """
+
+    n_stats = 3
+
+    def __init__(self, data: Variable, mu: Role, cov: Role, claims):
+        self.data = data
+        self.mu, self.cov = mu, cov
+        self.claims = claims
+        self.reads = tuple(r.rv.name for r in (mu, cov) if r.rv is not None)
+
+    def _param(self, role: Role, values) -> Variable:
+        return pt.as_tensor(role.value) if role.rv is None else values[role.rv.name]
+
+    def log_density(self, values):
+        mu = self._param(self.mu, values)  # (K, d)
+        cov = self._param(self.cov, values)  # (K, d, d)
+        chol = pt.linalg.cholesky(cov, lower=True, on_error="nan")
+        # Inverse Cholesky factors of the K covariances, then only elementwise work on data.
+        eye = pt.eye(cov.shape[-1])
+        inv_chol = pt.linalg.solve_triangular(chol, pt.broadcast_to(eye, cov.shape), lower=True)
+        diff = self.data[:, None, :] - mu[None, :, :]  # (n, K, d)
+        white = (inv_chol[None, :, :, :] * diff[:, :, None, :]).sum(axis=-1)  # (n, K, d)
+        log_det = pt.log(pt.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)  # (K,)
+        d = pt.cast(cov.shape[-1], "float64")
+        log_p = -0.5 * (white**2).sum(axis=-1) - log_det - 0.5 * d * np.log(2 * np.pi)
+        # A covariance that is not positive definite has no density (PyMC's check, as -inf).
+        ok = ~pt.any(pt.isnan(chol), axis=(-2, -1))
+        return pt.switch(ok[None, :], log_p, -np.inf)
+
+    def stats(self, resp, values):
+        centre = self._param(self.mu, values)
+        diff = self.data[:, None, :] - centre[None, :, :]  # (n, K, d)
+        weighted = resp[:, :, None] * diff
+        scatter = pt.einsum("nki,nkj->kij", weighted, diff)
+        return [resp.sum(axis=0), weighted.sum(axis=0), scatter]
+
+    def update(self, stats, current):
+        n, a, b = stats
+        c = np.broadcast_to(self._value(self.mu, current), a.shape).astype("float64")
+        if np.any(n <= 0):
+            return None
+        shift = a / n[:, None]  # (K, d)
+        out = {}
+        mu_name = self.mu.rv.name if self.mu.rv is not None else None
+        cov_name = self.cov.rv.name if self.cov.rv is not None else None
+        m = c + shift if mu_name in self.claims else c
+        if mu_name in self.claims:
+            out[mu_name] = m
+        if cov_name in self.claims:
+            delta = m - c
+            cov = (
+                b / n[:, None, None]
+                - np.einsum("ki,kj->kij", shift, delta)
+                - np.einsum("ki,kj->kij", delta, shift)
+                + np.einsum("ki,kj->kij", delta, delta)
+            )
+            cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+            if not np.all(np.linalg.eigvalsh(cov) > 0):
+                return None
+            out[cov_name] = cov
+        return out
+
+    @staticmethod
+    def _value(role: Role, current):
+        return role.value if role.rv is None else current[role.rv.name]
+
+
+def match_mvnormal(ctx: Context, y: Variable, z: Variable, n_support: int) -> Block | None:
+    """Match rows ``y ~ MvNormal(mu[z], cov[z])`` (flat priors claimed), or return None."""
+    if y.type.ndim != 2:
+        return None
+    mu_param, cov_param = y.owner.op.dist_params(y.owner)
+    mu = read_role(mu_param, z, ctx.free, n_support)
+    cov = read_role(cov_param, z, ctx.free, n_support)
+    if mu is None or cov is None or "shared" in (mu.kind, cov.kind):
+        return None
+    d = y.type.shape[-1]
+    if d is None:
+        return None
+    expected = {id(mu): (n_support, d), id(cov): (n_support, d, d)}
+    for role in (mu, cov):
+        shape = ctx.shapes[role.rv.name] if role.rv is not None else role.value.shape
+        if role.kind == "indexed" and tuple(shape) != expected[id(role)]:
+            return None
+        if role.kind == "const" and role.value.ndim and role.value.shape[0] != n_support:
+            return None
+    claims = []
+    for role in (mu, cov):
+        if role.rv is None:
+            continue
+        prior = read_prior(role.rv, ctx.shapes[role.rv.name])
+        if prior is not None and prior.kind == "flat" and ctx.claimable(role.rv, {y}):
+            claims.append(role.rv.name)
+    return _MvNormalComponents(data_graph(ctx.problem.model, y), mu, cov, tuple(claims))

@@ -1,0 +1,273 @@
+"""The closed-form plan of a model: what is recognized, the statistics, and the update."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pymc as pm
+import pytensor
+import pytensor.tensor as pt
+from pytensor.graph.basic import Variable
+from pytensor.graph.traversal import ancestors
+from pytensor.tensor.random.basic import CategoricalRV
+
+from pm_em.closed_form.block import Block, Context
+from pm_em.closed_form.graph import NoMatch
+from pm_em.closed_form.registry import COMPONENTS
+from pm_em.closed_form.transforms import to_unconstrained
+from pm_em.closed_form.weights import match_weights
+from pm_em.reading.problem import EMProblem
+
+__all__ = ["ClosedFormPlan", "match_closed_form"]
+
+# Mode for the one-off evaluation of constrained shapes: no backend compile.
+_CHECK_MODE = "FAST_COMPILE"
+
+
+@dataclass(frozen=True)
+class _ParamSlot:
+    name: str
+    index: slice
+    value_shape: tuple[int, ...]
+    transform: object
+
+
+@dataclass
+class _LatentPlan:
+    latent_index: int
+    weights: Block | None
+    components: list[Block | None]
+
+    @property
+    def blocks(self) -> list[Block]:
+        return [b for b in [self.weights, *self.components] if b is not None]
+
+    @property
+    def complete(self) -> bool:
+        """Whether every term of this latent's joint density was recognized."""
+        return self.weights is not None and all(b is not None for b in self.components)
+
+
+@dataclass
+class ClosedFormPlan:
+    """The closed-form part of a model's M-step.
+
+    Attributes
+    ----------
+    problem : EMProblem
+    claimed : tuple of str
+        Free variables updated in closed form.
+    unclaimed : tuple of str
+        Free variables left to the numeric M-step.
+    complete : bool
+        Every parameter is claimed and every latent's joint density was recognized: the
+        lean E-step (statistics only, no responsibilities) suffices.
+    """
+
+    problem: EMProblem
+    latents: list[_LatentPlan]
+    slots: dict[str, _ParamSlot]
+    claimed: tuple[str, ...]
+    unclaimed: tuple[str, ...]
+    reads: tuple[str, ...] = field(default=())
+
+    @property
+    def complete(self) -> bool:
+        """Whether the closed form covers every parameter and latent."""
+        return (
+            not self.unclaimed
+            and len(self.latents) == len(self.problem.latents)
+            and all(lp.complete for lp in self.latents)
+        )
+
+    def log_joint(self, latent_index: int) -> Variable:
+        """Return the latent's joint log density, (n, K), from broadcasts, not gathers."""
+        (lp,) = [lp for lp in self.latents if lp.latent_index == latent_index]
+        values = self.problem.constrained
+        terms = [b.log_density(values) for b in lp.blocks]
+        return pt.add(*(pt.as_tensor(t).astype("float64") for t in terms))
+
+    def unrolled_terms(self, latent_index: int) -> tuple[Variable, list[Variable]] | None:
+        """Return the log marginal (n,) and the statistics, computed component by component.
+
+        None unless every block of the latent writes its terms one component at a time.
+        The statistics are in the order of `stat_graphs` (without the values read).
+        """
+        matches = [lp for lp in self.latents if lp.latent_index == latent_index]
+        if not matches or not all(b.unrolled for b in matches[0].blocks):
+            return None
+        (lp,) = matches
+        values = self.problem.constrained
+        n_support = self.problem.latents[latent_index].support.size
+        logs = [
+            pt.add(*(pt.as_tensor(b.log_density_k(values, k)).astype("float64") for b in lp.blocks))
+            for k in range(n_support)
+        ]  # K graphs of shape (n,)
+        top = logs[0]
+        for log_k in logs[1:]:
+            top = pt.maximum(top, log_k)
+        top = pt.switch(pt.isinf(top), 0.0, top)  # no possible value: lse = log 0 = -inf
+        lse = top + pt.log(pt.add(*(pt.exp(log_k - top) for log_k in logs)))
+        safe = pt.switch(pt.isinf(lse), 0.0, lse)
+        resps = [pt.exp(log_k - safe) for log_k in logs]
+        stats = []
+        for block in lp.blocks:
+            per_k = [block.stats_k(resps[k], values, k) for k in range(n_support)]
+            stats.extend(
+                pt.stack([per_k[k][i] for k in range(n_support)]) for i in range(block.n_stats)
+            )
+        return lse, stats
+
+    def stat_graphs(
+        self, resps: Sequence[Variable], unrolled: dict[int, list[Variable]] | None = None
+    ) -> list[Variable]:
+        """Statistics of every block, then the current values of every variable read.
+
+        ``resps`` holds the (n, K) responsibilities of every latent of the problem;
+        ``unrolled`` the statistics already computed by `unrolled_terms`, per latent index.
+        """
+        values = self.problem.constrained
+        unrolled = unrolled or {}
+        out = []
+        for lp in self.latents:
+            if lp.latent_index in unrolled:
+                out.extend(unrolled[lp.latent_index])
+                continue
+            for block in lp.blocks:
+                out.extend(block.stats(resps[lp.latent_index], values))
+        out.extend(pt.as_tensor(values[name]).astype("float64") for name in self.reads)
+        return out
+
+    def update(self, x: np.ndarray, stats: Sequence[np.ndarray]) -> np.ndarray | None:
+        """Return the flat vector with claimed variables updated; None if a form fails."""
+        stats = list(stats)
+        current = dict(zip(self.reads, stats[len(stats) - len(self.reads) :], strict=True))
+        new_values: dict[str, np.ndarray] = {}
+        i = 0
+        for lp in self.latents:
+            for block in lp.blocks:
+                block_stats = stats[i : i + block.n_stats]
+                i += block.n_stats
+                if not block.claims:
+                    continue
+                # Conditional maximization: later blocks see earlier blocks' new values.
+                result = block.update(block_stats, {**current, **new_values})
+                if result is None:
+                    return None
+                new_values.update(result)
+        x_new = np.array(x, dtype="float64", copy=True)
+        for name, value in new_values.items():
+            slot = self.slots[name]
+            u = to_unconstrained(slot.transform, value)
+            if u is None or u.size != slot.index.stop - slot.index.start:
+                return None
+            x_new[slot.index] = u.ravel()
+        return x_new
+
+
+def _children(model: pm.Model, free: list[Variable]) -> dict[Variable, set[Variable]]:
+    """For each free variable: the model variables and potentials whose density it enters."""
+    basic = set(model.basic_RVs)
+    out: dict[Variable, set[Variable]] = {rv: set() for rv in free}
+    for var in [*model.basic_RVs, *model.potentials]:
+        inputs = var.owner.inputs if var in basic else [var]
+        for parent in ancestors(inputs, blockers=basic - {var}):
+            if parent in out and parent is not var:
+                out[parent].add(var)
+    return out
+
+
+def _constrained_shapes(problem: EMProblem) -> dict[str, tuple[int, ...]]:
+    model = problem.model
+    static = {name: model[name].type.shape for name in problem.constrained}
+    if all(None not in shape for shape in static.values()):
+        return static  # the usual case: no need to evaluate anything
+    names = list(problem.constrained)
+    fn = pytensor.function(
+        [problem.x],
+        [problem.constrained[k] for k in names],
+        mode=_CHECK_MODE,
+        on_unused_input="ignore",
+    )
+    start = np.where(np.isfinite(problem.start), problem.start, 0.0)
+    return {k: np.shape(v) for k, v in zip(names, fn(start), strict=True)}
+
+
+def match_closed_form(problem: EMProblem) -> ClosedFormPlan | None:
+    """Recognize the closed-form updates of ``problem``'s M-step.
+
+    Parameters
+    ----------
+    problem : EMProblem
+
+    Returns
+    -------
+    ClosedFormPlan or None
+        None when no parameter has a closed-form update.
+    """
+    if getattr(problem, "missing", ()):
+        # Missing entries are integrated out of the likelihood (pm_em.missing); the closed
+        # forms here assume fully observed data.
+        return None
+    model = problem.model
+    if not problem.latents or not problem.params:
+        return None
+    free = [model[p.name] for p in problem.params]
+    ctx = Context(
+        problem=problem,
+        free=set(free),
+        children=_children(model, free),
+        shapes=_constrained_shapes(problem),
+    )
+    latents = []
+    for j, lat in enumerate(problem.latents):
+        z = model[lat.name]
+        if len(lat.shape) != 1 or not isinstance(z.owner.op, CategoricalRV):
+            continue
+        n_support = lat.support.size
+        if not np.array_equal(lat.support, np.arange(n_support)):
+            continue
+        weights = match_weights(ctx, z)
+        components = []
+        for dep_name in lat.dependents:
+            dep = model[dep_name]
+            match = COMPONENTS.get(type(dep.owner.op)) if dep in model.observed_RVs else None
+            block = None
+            if match is not None and tuple(dep.type.shape[:1]) in ((lat.shape[0],), (None,)):
+                try:
+                    block = match(ctx, dep, z, n_support)
+                except NoMatch:
+                    block = None
+            components.append(block)
+        latents.append(_LatentPlan(j, weights, components))
+    # A variable is claimed by exactly one block.
+    owners: dict[str, int] = {}
+    for lp in latents:
+        for block in lp.blocks:
+            for name in block.claims:
+                owners[name] = owners.get(name, 0) + 1
+    claimed = tuple(p.name for p in problem.params if owners.get(p.name) == 1)
+    if not claimed:
+        return None
+    for lp in latents:
+        for block in lp.blocks:
+            if any(owners[name] != 1 for name in block.claims):
+                return None
+    slots, i = {}, 0
+    for p in problem.params:
+        slots[p.name] = _ParamSlot(
+            p.name, slice(i, i + p.size), p.shape, model.rvs_to_transforms.get(model[p.name])
+        )
+        i += p.size
+    reads = tuple(
+        dict.fromkeys(name for lp in latents for block in lp.blocks for name in block.reads)
+    )
+    unclaimed = tuple(p.name for p in problem.params if p.name not in claimed)
+    return ClosedFormPlan(
+        problem=problem,
+        latents=latents,
+        slots=slots,
+        claimed=claimed,
+        unclaimed=unclaimed,
+        reads=reads,
+    )

@@ -1,0 +1,306 @@
+"""The M-step: maximize Q(θ) = E_z[log p(y, z | θ)] + log p(θ) given the responsibilities.
+
+The numeric M-step works for any model: L-BFGS on a compiled Q and its gradient over the flat
+unconstrained parameter vector, warm-started at the previous estimate. The responsibilities are
+inputs of the compiled function, so nothing recompiles between iterations or restarts.
+
+`ClosedFormMStep` uses the closed-form updates that `pm_em.closed_form` recognized in the
+model, and the numeric M-step, restricted to the other coordinates, for what remains: an ECM
+step (conditional maximization one block at a time), which never lowers Q either. Every M-step
+has the signature ``mstep(x, resp) -> x_new``; a closed-form one also maps statistics from the
+lean E-step directly, ``mstep.step(x, stats, resp_at)``.
+"""
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+from scipy.optimize import minimize
+
+from pm_em.closed_form import ClosedFormPlan, match_closed_form
+from pm_em.compiling import CHECK_MODE, compile_with_data
+from pm_em.engine.accel import EMMap
+from pm_em.engine.estep import LeanEStepResult, compile_estep, compile_lean_estep
+from pm_em.exceptions import EMWarning, warn
+from pm_em.reading.problem import EMProblem
+
+__all__ = [
+    "ClosedFormMStep",
+    "NumericMStep",
+    "build_mstep",
+    "compile_q",
+    "compile_stats",
+]
+
+QFunction = Callable[..., tuple[float, np.ndarray]]
+
+
+def compile_q(problem: EMProblem, **compile_kwargs) -> QFunction:
+    """Compile ``(x, *resp) -> (-Q(x), -dQ/dx)``.
+
+    Q is the expected complete-data log posterior: for each latent, the responsibility-
+    weighted joint log density, plus the log likelihood of the observed variables no latent
+    touches, plus the log prior. By Fisher's identity, its gradient at ``resp = p(z | y, x)``
+    is the gradient of the observed-data log posterior at ``x``.
+    """
+    resp_vars = [
+        pt.tensor(f"resp_{lat.name}", shape=(None,) * (len(lat.shape) + 1), dtype="float64")
+        for lat in problem.latents
+    ]
+    q = problem.log_prior
+    for lat, resp in zip(problem.latents, resp_vars, strict=True):
+        # 0 · (-inf) must count as 0: an impossible assignment with no responsibility.
+        q = q + pt.switch(resp > 0, resp * lat.log_joint, 0.0).sum()
+    for term in problem.log_lik_rest.values():
+        q = q + term.sum()
+    neg_q = -q
+    grad = pytensor.grad(neg_q, problem.x)
+    fn = compile_with_data(problem.model, [problem.x, *resp_vars], [neg_q, grad], **compile_kwargs)
+
+    def neg_q_and_grad(x: np.ndarray, *resp: np.ndarray) -> tuple[float, np.ndarray]:
+        value, g = fn(x, *resp)
+        value = float(value)
+        if not np.isfinite(value):
+            # Outside the support: tell the line search to step back.
+            return np.inf, np.zeros_like(x)
+        return value, np.asarray(g, dtype="float64")
+
+    return neg_q_and_grad
+
+
+class NumericMStep:
+    """Maximize Q with L-BFGS-B, warm-started; never returns a point with a lower Q.
+
+    Parameters
+    ----------
+    neg_q_and_grad : callable
+        From `compile_q`.
+    maxiter : int, default 200
+        L-BFGS iterations per M-step.
+    free : ndarray of bool, optional
+        Coordinates of ``x`` to optimize; the others stay fixed (a conditional maximization).
+        Default: all.
+    """
+
+    def __init__(
+        self, neg_q_and_grad: QFunction, *, maxiter: int = 200, free: np.ndarray | None = None
+    ):
+        self.neg_q_and_grad = neg_q_and_grad
+        self.maxiter = maxiter
+        self.free = None if free is None or np.all(free) else np.asarray(free, dtype=bool)
+
+    def __call__(self, x: np.ndarray, resp: Sequence[np.ndarray]) -> np.ndarray:
+        """Return the parameters that maximize Q given ``resp``, starting from ``x``."""
+        if x.size == 0:
+            return x
+        objective, start = self.neg_q_and_grad, x
+        if self.free is not None:
+            if not self.free.any():
+                return x
+            start = x[self.free]
+
+            def objective(u, *resp):
+                full = x.copy()
+                full[self.free] = u
+                value, grad = self.neg_q_and_grad(full, *resp)
+                return value, grad[self.free]
+
+        f0, _ = objective(start, *resp)
+        res = minimize(
+            objective,
+            start,
+            args=tuple(resp),
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": self.maxiter, "ftol": 1e-13, "gtol": 1e-9},
+        )
+        # EM's monotonicity rests on Q not decreasing; keep the old point if it would.
+        if not np.all(np.isfinite(res.x)) or not res.fun <= f0:
+            return x
+        if self.free is None:
+            return np.asarray(res.x, dtype="float64")
+        out = np.array(x, dtype="float64", copy=True)
+        out[self.free] = res.x
+        return out
+
+
+# ``lean_mode="auto"`` compiles the lean E-step with Numba from this many latent elements on.
+# Measured (./dev bench): Numba's lean E-step saves ~2 ms per iteration at n = 1e5 and ~12 ms
+# at 1e6 over CVM's, while starting Numba in a process costs ~0.7 s; below this size the
+# first fit is faster without it.
+AUTO_NUMBA_SIZE = 250_000
+
+
+def compile_stats(problem: EMProblem, plan: ClosedFormPlan) -> Callable:
+    """Compile ``(x, *resp) -> statistics`` of ``plan`` from given responsibilities."""
+    resp_vars = [
+        pt.tensor(f"resp_{lat.name}", shape=(None,) * (len(lat.shape) + 1), dtype="float64")
+        for lat in problem.latents
+    ]
+    stats = plan.stat_graphs(resp_vars)
+    # The statistics from given responsibilities serve starting points and ECM steps:
+    # numpy-speed Python-linked ops are enough, and cost no backend compile.
+    fn = compile_with_data(problem.model, [problem.x, *resp_vars], stats, mode=CHECK_MODE)
+
+    def stats_from_resp(x: np.ndarray, *resp: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(np.asarray(v) for v in fn(np.asarray(x, dtype="float64"), *resp))
+
+    return stats_from_resp
+
+
+class ClosedFormMStep:
+    """M-step with closed-form updates where the model has them, numeric for the rest.
+
+    Parameters
+    ----------
+    plan : ClosedFormPlan
+        What `pm_em.closed_form.match_closed_form` recognized.
+    neg_q_and_grad : callable
+        From `compile_q` (may be a `LazyFunction`): the numeric M-step of the unclaimed
+        coordinates, and the fallback wherever a closed form does not apply (a mode on the
+        boundary of the parameter space, an ordered transform whose order the update breaks).
+    stats_from_resp : callable
+        From `compile_stats`.
+    """
+
+    def __init__(self, plan: ClosedFormPlan, neg_q_and_grad: QFunction, stats_from_resp):
+        self.plan = plan
+        self.stats_from_resp = stats_from_resp
+        self.numeric = NumericMStep(neg_q_and_grad)
+        free = np.zeros(plan.problem.n_params, dtype=bool)
+        for name in plan.unclaimed:
+            free[plan.slots[name].index] = True
+        self.numeric_rest = NumericMStep(neg_q_and_grad, free=free)
+        self.n_fallback = 0
+
+    def __call__(self, x: np.ndarray, resp: Sequence[np.ndarray]) -> np.ndarray:
+        """Return the updated parameters given the responsibilities ``resp``."""
+        resp = tuple(resp)
+        return self.step(x, self.stats_from_resp(x, *resp), lambda: resp)
+
+    def step(
+        self,
+        x: np.ndarray,
+        stats: Sequence[np.ndarray],
+        resp_at: Callable[[], Sequence[np.ndarray]],
+    ) -> np.ndarray:
+        """Update from the statistics at ``x``; ``resp_at()`` gives responsibilities if needed."""
+        x_new = self.plan.update(x, stats)
+        if x_new is None:
+            self.n_fallback += 1
+            return self.numeric(x, resp_at())
+        if self.plan.unclaimed:
+            x_new = self.numeric_rest(x_new, resp_at())
+        return x_new
+
+
+def _agrees(lean, full) -> bool:
+    """Whether a lean and a full E-step result at the same point carry the same densities."""
+    pairs = [(lean.log_posterior, full.log_posterior)]
+    pairs += list(zip(lean.log_marginal, full.log_marginal, strict=True))
+    for a, b in pairs:
+        a, b = np.asarray(a), np.asarray(b)
+        finite = np.isfinite(a)
+        if not np.array_equal(finite, np.isfinite(b)):
+            return False
+        if not np.allclose(a[finite], b[finite], rtol=1e-9, atol=1e-9):
+            return False
+    return True
+
+
+class CheckedLeanEStep:
+    """The lean E-step, verified once against the model's own E-step.
+
+    The lean E-step computes the joint log density from the recognized structure (broadcasts
+    instead of the model's gathers). The first time it returns a finite log posterior, the
+    full E-step is evaluated at the same point and the two must agree; if they do not (a
+    structure recognized wrongly: a bug), a warning is raised and every later call returns the
+    full E-step's result, so the fit stays correct.
+    """
+
+    def __init__(self, lean: Callable, full: Callable):
+        self.lean, self.full = lean, full
+        self.verified = False
+        self.failed = False
+
+    def __call__(self, x: np.ndarray):
+        """E-step at ``x``: a `LeanEStepResult`, or an `EStepResult` after a failed check."""
+        if self.failed:
+            return self.full(x)
+        e = self.lean(x)
+        if not self.verified and np.isfinite(e.log_posterior):
+            full = self.full(x)
+            if not _agrees(e, full):
+                self.failed = True
+                warn(
+                    "pm_em's closed-form E-step disagrees with the model's log density; "
+                    "falling back to the general E-step. This is a bug in pm_em's model "
+                    "recognition: please report the model.",
+                    EMWarning,
+                )
+                return full
+            self.verified = True
+        return e
+
+
+def build_mstep(
+    problem: EMProblem,
+    estep: Callable,
+    neg_q_and_grad: QFunction,
+    *,
+    lean_mode: str | None = None,
+    **compile_kwargs,
+) -> tuple[Callable, Callable, EMMap]:
+    """Choose the E- and M-steps of ``problem`` and the EM iteration that uses them.
+
+    Closed form where `pm_em.closed_form` recognizes the model, numeric otherwise. When the
+    closed form covers every parameter, the per-iteration E-step is the lean one (checked
+    once against the model's own E-step, see `CheckedLeanEStep`), and the full E-step (for
+    starting points and results) is compiled from the same broadcasts, which needs a third
+    less memory and time than the model's own graph of gathers.
+
+    Parameters
+    ----------
+    problem : EMProblem
+    estep : callable
+        The model's own E-step, from `compile_estep` (may be a `LazyFunction`).
+    neg_q_and_grad : callable
+        From `compile_q` (a `LazyFunction` compiles only when a numeric step is needed).
+    lean_mode : str, optional
+        Backend of the lean E-step (the function every iteration runs), overriding
+        ``compile_kwargs["mode"]`` for it alone. ``"auto"``: Numba from `AUTO_NUMBA_SIZE`
+        latent elements on (where its faster iterations repay its start-up), else
+        ``compile_kwargs["mode"]``.
+    **compile_kwargs
+        Passed to `pymc.pytensorf.compile`.
+
+    Returns
+    -------
+    estep : callable
+        ``estep(x) -> EStepResult``, with responsibilities.
+    mstep : callable
+        ``mstep(x, resp) -> x_new``.
+    em_map : EMMap
+    """
+    plan = match_closed_form(problem)
+    if plan is None:
+        numeric = NumericMStep(neg_q_and_grad)
+        return estep, numeric, EMMap(estep=estep, mstep=lambda x, e: numeric(x, e.resp))
+    mstep = ClosedFormMStep(plan, neg_q_and_grad, compile_stats(problem, plan))
+    if not plan.complete:
+        return estep, mstep, EMMap(estep=estep, mstep=lambda x, e: mstep(x, e.resp))
+    log_joints = [plan.log_joint(j) for j in range(len(problem.latents))]
+    full_estep = compile_estep(problem, log_joints=log_joints, **compile_kwargs)
+    if lean_mode == "auto":
+        n_elements = sum(int(np.prod(lat.shape)) for lat in problem.latents)
+        lean_mode = "NUMBA" if n_elements >= AUTO_NUMBA_SIZE else None
+    lean_kwargs = {**compile_kwargs, "mode": lean_mode} if lean_mode else compile_kwargs
+    lean_estep = CheckedLeanEStep(compile_lean_estep(problem, plan, **lean_kwargs), estep)
+
+    def lean_mstep(x, e):
+        if isinstance(e, LeanEStepResult):
+            return mstep.step(x, e.stats, lambda: full_estep(x).resp)
+        return mstep(x, e.resp)
+
+    return full_estep, mstep, EMMap(estep=lean_estep, mstep=lean_mstep, lean=True)

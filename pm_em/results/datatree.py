@@ -1,0 +1,130 @@
+"""Package an EM result as an ArviZ `xarray.DataTree`.
+
+The layout lines up with a NUTS result group for group: ``posterior`` and ``log_likelihood``
+have ``chain`` and ``draw`` of length 1 and the model's dims and coords, so ArviZ functions
+and plots take both side by side.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+import xarray as xr
+from arviz_base import dict_to_dataset
+from pymc.backends.arviz import coords_and_dims_for_inferencedata, find_constants, find_observations
+
+from pm_em.reading.problem import EMProblem
+
+__all__ = ["build_datatree"]
+
+
+def _library_attrs() -> dict:
+    from pm_em import __version__
+
+    return {"inference_library": "pm_em", "inference_library_version": __version__}
+
+
+def build_datatree(
+    problem: EMProblem,
+    best,
+    runs: Sequence,
+    *,
+    best_index: int,
+    point_values: dict[str, np.ndarray],
+    missing_values: dict[str, tuple[np.ndarray, np.ndarray]],
+    elapsed: float,
+) -> xr.DataTree:
+    """Build the result `DataTree` of `pm_em.fit` (groups documented there)."""
+    model = problem.model
+    coords, dims = coords_and_dims_for_inferencedata(model)
+    e = best.estep
+    attrs = {**_library_attrs(), "fit_time": elapsed}
+
+    point_values = dict(point_values)
+    for spec in problem.missing:
+        # The completed data: observed entries, and conditional means where missing.
+        filled = spec.data.copy()
+        filled[spec.mask] = missing_values[spec.name][0]
+        point_values[spec.name] = filled
+    posterior = dict_to_dataset(
+        {k: v[None, None] for k, v in point_values.items()},
+        attrs=attrs,
+        coords=coords,
+        dims=dims,
+    )
+
+    lat_vars = {}
+    for lat, resp in zip(problem.latents, e.resp, strict=True):
+        lat_vars[lat.name] = xr.DataArray(
+            resp,
+            dims=(*lat.dims, lat.support_dim),
+            coords={
+                lat.support_dim: lat.support,
+                **{d: coords[d] for d in lat.dims if d in coords},
+            },
+        )
+    for spec in problem.missing:
+        mean, sd = missing_values[spec.name]
+        dim_coords = {
+            d: coords[d] for d in spec.dims if d in coords and len(coords[d]) == mean.size
+        }
+        lat_vars[spec.unobserved] = xr.DataArray(mean, dims=spec.dims, coords=dim_coords)
+        lat_vars[f"{spec.unobserved}_sd"] = xr.DataArray(sd, dims=spec.dims, coords=dim_coords)
+    latent_posterior = xr.Dataset(lat_vars, attrs=attrs)
+
+    log_lik = {}
+    log_lik_dims = {}
+    for lat, lm in zip(problem.latents, e.log_marginal, strict=True):
+        name = "+".join(lat.observed) or lat.name
+        log_lik[name] = lm[None, None]
+        log_lik_dims[name] = list(lat.dims)
+    for name, ll in zip(problem.log_lik_rest, e.log_lik_rest, strict=True):
+        log_lik[name] = np.asarray(ll)[None, None]
+        if problem.log_lik_dims.get(name) is not None:
+            log_lik_dims[name] = list(problem.log_lik_dims[name])
+    log_likelihood = dict_to_dataset(
+        log_lik, attrs=attrs, coords=coords, dims={**dims, **log_lik_dims}
+    )
+
+    em_stats = _em_stats(problem, best, runs, best_index, attrs)
+
+    groups = {
+        "posterior": posterior,
+        "latent_posterior": latent_posterior,
+        "em_stats": em_stats,
+        "log_likelihood": log_likelihood,
+    }
+    kw = {"coords": coords, "dims": dims, "sample_dims": [], "attrs": attrs}
+    observations = find_observations(model)
+    if observations:
+        groups["observed_data"] = dict_to_dataset(observations, **kw)
+    constants = find_constants(model)
+    groups["constant_data"] = dict_to_dataset(constants, **kw) if constants else xr.Dataset()
+    return xr.DataTree.from_dict(groups)
+
+
+def _em_stats(problem, best, runs, best_index, attrs) -> xr.Dataset:
+    data = {
+        "log_posterior": ("iteration", np.asarray(best.log_posterior)),
+        "log_likelihood": ("iteration", np.asarray(best.log_likelihood)),
+        "converged": ((), bool(best.converged)),
+        "n_iter": ((), int(best.n_iter)),
+        "final_log_posterior": ((), float(best.estep.log_posterior)),
+        "final_log_likelihood": ((), float(best.estep.log_likelihood)),
+        "polish_gain": ((), float(best.polish_gain)),
+        "best_restart": ((), int(best_index)),
+        "restart_log_posterior": ("restart", [r.final_log_posterior for r in runs]),
+        "restart_n_iter": ("restart", [r.n_iter for r in runs]),
+        "restart_converged": ("restart", [bool(r.converged) for r in runs]),
+        "restart_status": ("restart", np.array([r.status for r in runs], dtype=str)),
+    }
+    coords = {"iteration": np.arange(len(best.log_posterior)), "restart": np.arange(len(runs))}
+    for lat, resp in zip(problem.latents, best.estep.resp, strict=True):
+        # Expected number of latent elements taking each support value.
+        data[f"{lat.name}_count"] = (
+            lat.support_dim,
+            resp.reshape(-1, lat.support.size).sum(axis=0),
+        )
+        coords[lat.support_dim] = lat.support
+    return xr.Dataset(
+        {k: xr.Variable(d, np.asarray(v)) for k, (d, v) in data.items()}, coords=coords, attrs=attrs
+    )
