@@ -21,6 +21,7 @@ faster, and CVM below (`pm_em.compiling.default_compile_kwargs`). Pass e.g.
 
 from pm_em.engine.monitor import ConvergenceMonitor
 from pm_em.exceptions import (
+    BoundaryPriorWarning,
     DegenerateFitError,
     DegenerateRunWarning,
     EMConvergenceWarning,
@@ -29,6 +30,7 @@ from pm_em.exceptions import (
     LabelSwitchingWarning,
     LaplaceWarning,
     MissingMomentWarning,
+    MultipleOptimaWarning,
     NonMonotoneWarning,
 )
 from pm_em.fitting import fit
@@ -44,12 +46,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     # Errors and warnings
+    "BoundaryPriorWarning",
     "DegenerateFitError",
     "DegenerateRunWarning",
     "EMConvergenceWarning",
     "EMWarning",
     "EmptyComponentWarning",
     "MissingMomentWarning",
+    "MultipleOptimaWarning",
     "NonMonotoneWarning",
     # Low-level pieces
     "ConvergenceMonitor",
