@@ -37,6 +37,33 @@ def _entropy(latent_posterior: xr.Dataset) -> float:
     return total
 
 
+def _n_params(idata: xr.DataTree, model: pm.Model | None, latent) -> int:
+    """Count the fitted model's parameters: from the model given or in context, else from fit.
+
+    Outside any model context `pm_em.fit`'s record ``em_stats.n_params`` is used.
+    """
+    if model is None:
+        try:
+            model = pm.modelcontext(None)
+        except TypeError:  # no model on the context stack
+            stats = idata["em_stats"].dataset if "em_stats" in idata.children else xr.Dataset()
+            if "n_params" not in stats:
+                raise ValueError(
+                    "Outside a model context `information_criteria` needs `model=` or the "
+                    "`em_stats.n_params` that `pm_em.fit` records; `idata` has neither."
+                ) from None
+            return int(stats["n_params"])
+    problem = compile_model(model, latent).problem
+    post = idata["posterior"].dataset if "posterior" in idata.children else xr.Dataset()
+    missing = [p.name for p in problem.params if p.name not in post]
+    if missing:
+        raise ValueError(
+            f"`idata.posterior` lacks parameter(s) {missing} of the model: pass the model "
+            "that `idata` was fitted to (`model=`)."
+        )
+    return problem.n_params
+
+
 def information_criteria(
     idata: xr.DataTree,
     *,
@@ -51,7 +78,8 @@ def information_criteria(
         The result of `pm_em.fit` for ``model``.
     model : pm.Model, optional
         The fitted model, which tells how many free parameters it has; default: the model
-        of the ``with`` context.
+        of the ``with`` context, or, outside any, the count `pm_em.fit` recorded in
+        ``em_stats.n_params``.
     latent : sequence of str, optional
         The latents EM summed out (as passed to `pm_em.fit`).
 
@@ -81,17 +109,9 @@ def information_criteria(
     >>> int(ic["n_params"]), int(ic["n_obs"])
     (5, 500)
     """
-    model = pm.modelcontext(model)
     if "log_likelihood" not in idata.children:
         raise ValueError("`idata` has no `log_likelihood` group; pass the result of `pm_em.fit`.")
-    problem = compile_model(model, latent).problem
-    post = idata["posterior"].dataset if "posterior" in idata.children else xr.Dataset()
-    missing = [p.name for p in problem.params if p.name not in post]
-    if missing:
-        raise ValueError(
-            f"`idata.posterior` lacks parameter(s) {missing} of the model: pass the model "
-            "that `idata` was fitted to (`model=`)."
-        )
+    n_params = _n_params(idata, model, latent)
     loglik = idata["log_likelihood"].dataset
     if loglik.sizes.get("chain", 1) * loglik.sizes.get("draw", 1) != 1:
         raise ValueError(
@@ -100,7 +120,6 @@ def information_criteria(
         )
     log_lik = float(sum(loglik[v].values.sum() for v in loglik.data_vars))
     n_obs = int(sum(loglik[v].size for v in loglik.data_vars))
-    n_params = problem.n_params
     entropy = (
         _entropy(idata["latent_posterior"].dataset) if "latent_posterior" in idata.children else 0.0
     )
