@@ -85,10 +85,12 @@ def fit(
         attached to each latent element (the best of several k-means++ seeds; with
         multivariate data, the best of a few short EM runs from the best k-means solutions)
         gives starting responsibilities, and one M-step the starting parameters (this breaks
-        the symmetry of exchangeable components and needs no prior draws). ``"random"``: Dirichlet-random responsibilities. ``"initial_point"``:
-        the model's initial point. A callable ``init(model, rng) -> dict`` gives initvals.
+        the symmetry of exchangeable components and needs no prior draws). ``"random"``:
+        Dirichlet-random responsibilities. ``"initial_point"``: the model's initial point.
+        A callable ``init(model, rng) -> dict`` gives initvals.
     max_iter : int, default 1000
-        Maximum EM iterations per run; reaching it warns with `EMConvergenceWarning`.
+        Maximum EM iterations per run; reaching it warns with `EMConvergenceWarning` unless
+        the polish reached the mode.
     tol : float, default 1e-8
         Stop when the change in the observed-data log posterior, relative to its size, is at
         most ``tol``. ``tol=0`` runs ``max_iter`` iterations unless the value stops changing.
