@@ -29,7 +29,7 @@ from pm_em.engine.health import (
     empty_components,
 )
 from pm_em.engine.init import SHORT_EM_ITER, VALID_INIT, InitMethod, initial_x
-from pm_em.engine.optima import group_optima
+from pm_em.engine.optima import group_optima, polish_contenders
 from pm_em.engine.run import EMRun, finish, run_em
 from pm_em.engine.run import polish as polish_run
 from pm_em.exceptions import (
@@ -189,10 +189,10 @@ def fit(
                 progress=progress,
                 run_kwargs=run_kwargs,
             )
+            if polish:
+                polish_contenders(runs, lambda r: polish_run(compiled, r, health))
             best = _finish_best(compiled, runs, health, check_rng, polish, run_kwargs)
-            optima = group_optima(
-                runs, best, (lambda r: polish_run(compiled, r, health)) if polish else None
-            )
+            optima = group_optima(runs)
     _warn_about(compiled, best, runs, optima, max_iter=max_iter, tol=tol, polished=polish)
     return build_datatree(
         compiled.problem,

@@ -230,6 +230,15 @@ def test_saddle_from_a_random_start_is_left():
     assert str(idata.em_stats["mode_check"].values) == "hessian"
 
 
+@pytest.mark.parametrize("seed", [19, 26, 47, 49])
+def test_random_starts_of_the_issue_reach_the_mle(seed):
+    """The seeds the issue reported at a saddle (on its data); on these data, the MLE."""
+    x = _three_clusters()
+    idata = _fit(_gmm(x, 3), init="random", random_seed=seed)
+    assert_allclose(_ll(idata), _mle(x, 3).log_likelihood, rtol=SAME_OPTIMUM_RTOL)
+    assert bool(idata.em_stats["mode_reached"])
+
+
 def test_symmetric_start_saddle_is_left():
     """TECH-NOTES §0.7: identical components stay identical under EM (a saddle)."""
     x = _three_clusters()
@@ -417,16 +426,32 @@ def test_restarts_list_their_optima():
     assert list(stats["restart_optimum"].values) == [0, 0, 0]
 
 
+def _starts(*kinds):
+    """An ``init`` callable: run i starts near the MLE ("good") or at identical components.
+
+    EM keeps identical components identical, so a "symmetric" run ends at the symmetric
+    saddle (only the returned run is checked and moved off saddles).
+    """
+    good = {"w": np.full(3, 1 / 3), "mu": np.array([-4.0, 0.0, 4.0]), "sigma": np.ones(3)}
+    symmetric = {"w": np.full(3, 1 / 3), "mu": np.zeros(3), "sigma": np.full(3, 3.0)}
+    queue = list(kinds)
+
+    def init(model, rng):
+        return good if queue.pop(0) == "good" else symmetric
+
+    return init
+
+
 def test_best_reached_by_one_run_warns():
-    """Random starts (no saddle check on the runs that are not returned) end apart."""
     x = _three_clusters()
     with pytest.warns(
         pm_em.MultipleOptimaWarning,
         match=r"The best log posterior was reached by 1 of the 2 EM runs \(optima: "
-        r"-1449\.\d+ \(1 run\(s\)\), -15\d\d\.\d+ \(1 run\(s\)\)\)",
+        r"-1449\.\d+ \(1 run\(s\)\), -1579\.\d+ \(1 run\(s\)\)\)",
     ):
-        idata = _fit(_gmm(x, 3), n_init=2, init="random", random_seed=0)
+        idata = _fit(_gmm(x, 3), n_init=2, init=_starts("good", "symmetric"))
     assert list(idata.em_stats["optimum_n_runs"].values) == [1, 1]
+    assert list(idata.em_stats["restart_optimum"].values) == [0, 1]
 
 
 def test_runs_at_different_optima_warn():
@@ -434,9 +459,11 @@ def test_runs_at_different_optima_warn():
     with pytest.warns(
         pm_em.MultipleOptimaWarning,
         match=r"The EM runs ended at 2 different optima .*; the estimate is the best, reached "
-        r"by \d of 3 runs",
+        r"by 2 of 3 runs",
     ):
-        _fit(_gmm(x, 3), n_init=3, init="random", random_seed=30)
+        idata = _fit(_gmm(x, 3), n_init=3, init=_starts("symmetric", "good", "good"))
+    assert list(idata.em_stats["optimum_n_runs"].values) == [2, 1]
+    assert int(idata.em_stats["best_restart"]) in (1, 2)
 
 
 # --------------------------------------------------------------------- 6. pm.set_data

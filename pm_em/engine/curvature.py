@@ -7,7 +7,8 @@ have no positive eigenvalue. It is taken from exact gradients
 (`CompiledProblem.value_and_grad`, the function the polish uses) by central differences:
 
 - with at most `FULL_HESSIAN_MAX` parameters, the whole Hessian (2 gradients per parameter),
-  with each step scaled to the parameter's curvature (at most 1e-3 of a standard error);
+  steps ``1e-4 max(1, |x_j|) / sqrt(n)`` for n latent elements, shortened to 1e-3 standard
+  errors where the curvature found says they were longer;
 - with more, a `LANCZOS_STEPS`-step Lanczos iteration on Hessian-vector products from a
   seeded random start (2 gradients per step), whose largest Ritz value approximates the
   largest eigenvalue; the cost then does not grow with the number of parameters.
@@ -41,8 +42,9 @@ __all__ = [
 FULL_HESSIAN_MAX = 50
 LANCZOS_STEPS = 12
 SADDLE_RTOL = 1e-5
-# Relative step of a central difference, before it is scaled to the curvature.
-_REL_STEP = 1e-5
+# Relative step of a central difference for one observation; standard errors shrink as
+# 1/sqrt(n), and so does the first step tried (it is shortened if still too long).
+_REL_STEP = 1e-4
 # Largest step, in standard errors along the coordinate, of a central difference.
 _MAX_STEP_SE = 1e-3
 
@@ -103,13 +105,13 @@ def _central(gradient, x: np.ndarray, v: np.ndarray, h: float) -> np.ndarray | N
     return None
 
 
-def _full_hessian(gradient, x: np.ndarray) -> np.ndarray | None:
+def _full_hessian(gradient, x: np.ndarray, n_obs: int) -> np.ndarray | None:
     p = x.size
     hess = np.empty((p, p))
     for j in range(p):
         e_j = np.zeros(p)
         e_j[j] = 1.0
-        h = _REL_STEP * max(1.0, abs(x[j]))
+        h = _REL_STEP * max(1.0, abs(x[j])) / np.sqrt(n_obs)
         col = _central(gradient, x, e_j, h)
         if col is None:
             return None
@@ -123,10 +125,10 @@ def _full_hessian(gradient, x: np.ndarray) -> np.ndarray | None:
     return 0.5 * (hess + hess.T)
 
 
-def _lanczos(gradient, x: np.ndarray, rng: np.random.Generator, steps: int):
+def _lanczos(gradient, x: np.ndarray, n_obs: int, rng: np.random.Generator, steps: int):
     """Extreme eigenpairs of the Hessian from Hessian-vector products (full reorthogonalization)."""
     p = x.size
-    h = _REL_STEP * max(1.0, float(np.sqrt(np.mean(x * x))))
+    h = _REL_STEP * max(1.0, float(np.sqrt(np.mean(x * x)))) / np.sqrt(n_obs)
     basis = [rng.standard_normal(p)]
     basis[0] /= np.linalg.norm(basis[0])
     alphas, betas = [], []
@@ -167,11 +169,12 @@ def check_mode(compiled: CompiledProblem, x: np.ndarray, rng: np.random.Generato
     ModeCheck
     """
     gradient = _gradient_fn(compiled)
+    n_obs = max(sum(int(np.prod(lat.shape)) for lat in compiled.problem.latents), 1)
     g = gradient(x) if x.size else None
     if g is None:
         return ModeCheck("none", np.nan, np.nan, np.nan, np.nan)
     if x.size <= FULL_HESSIAN_MAX:
-        hess = _full_hessian(gradient, x)
+        hess = _full_hessian(gradient, x, n_obs)
         if hess is None or not np.all(np.isfinite(hess)):
             return ModeCheck("none", np.nan, np.nan, float(np.max(np.abs(g))), np.nan)
         theta, vectors = np.linalg.eigh(hess)
@@ -179,7 +182,7 @@ def check_mode(compiled: CompiledProblem, x: np.ndarray, rng: np.random.Generato
         scale = float(np.max(np.abs(theta)))
         newton_se = _newton_se(theta, vectors, g)
     else:
-        found = _lanczos(gradient, x, rng, LANCZOS_STEPS)
+        found = _lanczos(gradient, x, n_obs, rng, LANCZOS_STEPS)
         if found is None:
             return ModeCheck("none", np.nan, np.nan, float(np.max(np.abs(g))), np.nan)
         theta, vectors = found
