@@ -193,7 +193,7 @@ def fit(
                 polish_contenders(runs, lambda r: polish_run(compiled, r, health))
             best = _finish_best(compiled, runs, health, check_rng, polish, run_kwargs)
             optima = group_optima(runs)
-    _warn_about(compiled, best, runs, optima, max_iter=max_iter, tol=tol, polished=polish)
+    _warn_about(compiled, best, optima, max_iter=max_iter, tol=tol, polished=polish)
     return build_datatree(
         compiled.problem,
         best,
@@ -355,7 +355,7 @@ def _warn_about_priors(compiled: CompiledProblem) -> None:
         )
 
 
-def _warn_about(compiled, best: EMRun, runs, optima, *, max_iter, tol, polished) -> None:
+def _warn_about(compiled, best: EMRun, optima, *, max_iter, tol, polished) -> None:
     """Warn about a run stopped short of the mode, disagreeing restarts, empty components."""
     if not best.converged and not (polished and best.mode_reached):
         warn(
@@ -368,7 +368,7 @@ def _warn_about(compiled, best: EMRun, runs, optima, *, max_iter, tol, polished)
             ),
             EMConvergenceWarning,
         )
-    _warn_about_optima(runs, optima)
+    _warn_about_optima(optima)
     for name, ks in empty_components(compiled.problem, best.estep).items():
         warn(
             f"Latent '{name}' has empty component(s) {ks} at the estimate (expected count "
@@ -378,7 +378,7 @@ def _warn_about(compiled, best: EMRun, runs, optima, *, max_iter, tol, polished)
         )
 
 
-def _warn_about_optima(runs, optima) -> None:
+def _warn_about_optima(optima) -> None:
     n_good = sum(len(o.runs) for o in optima)
     if n_good < 2:
         return
