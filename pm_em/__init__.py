@@ -8,7 +8,7 @@ Layout (data flow one way; docs/architecture.md has one line per module and how 
 `pm_em.closed_form` recognizes closed-form M-steps (one module per family, registered in
 `closed_form.registry.COMPONENTS`); `pm_em.engine` runs the E- and M-steps, restarts and the
 polish; `pm_em.fitting` is `fit`; `pm_em.results` packages the DataTree and puts EM beside the
-full posterior (`sample_marginal`, `compare`, `laplace`, `information_criteria`, plots).
+full posterior (`sample_marginal`, `compare`, `laplace`, `loo`, `information_criteria`, plots).
 
 Compilation: pm_em compiles its graphs with PyTensor's ``"CVM"`` (C) mode by default, whose
 on-disk cache is keyed on the operations rather than the data, so a new data set of the same
@@ -36,9 +36,12 @@ from pm_em.reading.build import build_problem
 from pm_em.reading.problem import EMProblem
 from pm_em.results.compare import align_components, compare
 from pm_em.results.criteria import information_criteria
+from pm_em.results.forest import plot_em_forest
 from pm_em.results.laplace import laplace
+from pm_em.results.loo import loo
 from pm_em.results.marginal import marginalize, sample_marginal
-from pm_em.results.plots import plot_convergence, plot_em_posterior, plot_mixture
+from pm_em.results.mixture_plot import plot_mixture
+from pm_em.results.plots import plot_convergence, plot_em_posterior
 
 __version__ = "0.1.0"
 
@@ -64,8 +67,10 @@ __all__ = [
     "compare",
     "information_criteria",
     "laplace",
+    "loo",
     "marginalize",
     "plot_convergence",
+    "plot_em_forest",
     "plot_em_posterior",
     "plot_mixture",
     "sample_marginal",

@@ -59,13 +59,34 @@ def _component_dims(em: xr.DataTree, point: xr.Dataset, component_dim) -> list[s
     lat = em["latent_posterior"].dataset
     sizes = {lat[v].shape[-1] for v in lat.data_vars if lat[v].dims[-1].endswith("_support")}
     found = sorted(str(d) for d in point.dims if point.sizes[d] in sizes and point.sizes[d] > 1)
-    if len(found) > 1:
-        raise ValueError(
-            f"Several dims of the EM posterior, {found}, have the length of a latent's support, "
-            "so the component axis is ambiguous. Pass `component_dim=` (a dim name, a list of "
-            "them, or [] to compare without aligning)."
-        )
-    return found
+    if len(found) <= 1:
+        return found
+    # Several dims have a support's length (a 2-D mixture: components and coordinates):
+    # the components are the dims the mixture weights live on, or else the dims so named.
+    weights = [d for d in found if _carries_weights(point, d)]
+    if weights:
+        return weights
+    named = [d for d in found if "component" in d.lower()]
+    if named:
+        return named
+    raise ValueError(
+        f"Several dims of the EM posterior, {found}, have the length of a latent's support, "
+        "and none carries mixture weights (a variable that sums to 1 along it) or is named "
+        "like 'component', so the component axis is ambiguous. Pass `component_dim=` (a dim "
+        "name, a list of them, or [] to compare without aligning)."
+    )
+
+
+def _carries_weights(point: xr.Dataset, dim: str) -> bool:
+    """Tell whether some variable of the estimate is a probability vector along ``dim``."""
+    for v in point.data_vars:
+        da = point[v]
+        if dim not in da.dims or not np.issubdtype(da.dtype, np.floating):
+            continue
+        values = da.values
+        if np.all(values >= 0) and np.allclose(da.sum(dim).values, 1.0, rtol=0, atol=1e-6):
+            return True
+    return False
 
 
 def _chain_stats(post: xr.Dataset, names: list[str], dim: str, by_chain: bool):
@@ -119,7 +140,9 @@ def align_components(
         A posterior sample with the same variables (e.g. `pm_em.sample_marginal`).
     component_dim : str, optional
         The dim indexing components. Default: the dim of the EM posterior whose length is
-        the support size of a latent in ``em_idata.latent_posterior``.
+        the support size of a latent in ``em_idata.latent_posterior``; when several dims
+        have that length (a 2-D mixture with two components), the one the mixture weights
+        live on (a variable summing to 1 along it), else the one named like "component".
     var_names : sequence of str, optional
         Variables used for matching; default: every shared variable with the dim.
 

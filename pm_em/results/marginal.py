@@ -33,7 +33,13 @@ from pm_em.engine.values import compile_missing
 from pm_em.reading.build import build_problem
 from pm_em.reading.problem import EMProblem
 
-__all__ = ["compile_to_x", "marginalize", "sample_marginal"]
+__all__ = [
+    "compile_to_x",
+    "log_likelihood_dataset",
+    "marginalize",
+    "sample_marginal",
+    "store_log_likelihood",
+]
 
 
 def _potential_name(model: pm.Model, name: str) -> str:
@@ -203,7 +209,7 @@ def _latent_groups(
     variance over the draws' conditional means and sds.
     """
     model = problem.model
-    coords, dims = coords_and_dims_for_inferencedata(model)
+    coords, _ = coords_and_dims_for_inferencedata(model)
     n_chain, n_draw = xs.shape[:2]
     missing = tuple(getattr(problem, "missing", ()))
     impute = compile_missing(problem, **pytensor_compile_kwargs()) if missing else None
@@ -222,11 +228,7 @@ def _latent_groups(
                     acc[0] = acc[0] + mean
                     acc[1] = acc[1] + sd**2 + mean**2
             if with_loglik:
-                named = zip(_loglik_names(problem), [*e.log_marginal, *e.log_lik_rest])
-                for name, values in named:
-                    values = np.asarray(values)
-                    store = loglik.setdefault(name, np.empty((n_chain, n_draw, *values.shape)))
-                    store[c, d] = values
+                store_log_likelihood(loglik, problem, e, (c, d), (n_chain, n_draw))
     n_total = max(n_chain * n_draw, 1)
     lat_vars = {
         lat.name: xr.DataArray(
@@ -252,20 +254,46 @@ def _latent_groups(
     latent_posterior = xr.Dataset(lat_vars, attrs={"n_draws_averaged": n_total})
     if not with_loglik:
         return latent_posterior, None
-    # Named and laid out as `pm_em.fit`'s log_likelihood group.
+    return latent_posterior, log_likelihood_dataset(problem, loglik)
+
+
+def _loglik_names(problem: EMProblem) -> list[str]:
+    # The same names as `pm_em.fit`'s log_likelihood group.
+    return [*("+".join(lat.observed) or lat.name for lat in problem.latents), *problem.log_lik_rest]
+
+
+def store_log_likelihood(
+    store: dict[str, np.ndarray],
+    problem: EMProblem,
+    e: EStepResult,
+    index: tuple[int, int],
+    sizes: tuple[int, int],
+) -> None:
+    """Write the pointwise log likelihood of E-step result ``e`` at ``store[name][index]``.
+
+    ``store`` maps each name of `pm_em.fit`'s ``log_likelihood`` group to an array of shape
+    ``(*sizes, *pointwise shape)`` (chain, draw first), created on first use.
+    """
+    for name, values in zip(_loglik_names(problem), [*e.log_marginal, *e.log_lik_rest]):
+        values = np.asarray(values)
+        if name not in store:
+            store[name] = np.empty((*sizes, *values.shape))
+        store[name][index] = values
+
+
+def log_likelihood_dataset(problem: EMProblem, loglik: dict[str, np.ndarray]) -> xr.Dataset:
+    """Package per-draw pointwise log likelihoods as `pm_em.fit`'s ``log_likelihood`` group.
+
+    ``loglik`` is what `store_log_likelihood` filled: arrays with (chain, draw) first.
+    """
+    coords, dims = coords_and_dims_for_inferencedata(problem.model)
     lat_dims = {"+".join(lat.observed) or lat.name: list(lat.dims) for lat in problem.latents}
     rest_dims = {
         name: list(d)
         for name, d in getattr(problem, "log_lik_dims", {}).items()
         if d is not None and name in problem.log_lik_rest
     }
-    log_likelihood = dict_to_dataset(loglik, coords=coords, dims={**dims, **rest_dims, **lat_dims})
-    return latent_posterior, log_likelihood
-
-
-def _loglik_names(problem: EMProblem) -> list[str]:
-    # The same names as `pm_em.fit`'s log_likelihood group.
-    return [*("+".join(lat.observed) or lat.name for lat in problem.latents), *problem.log_lik_rest]
+    return dict_to_dataset(loglik, coords=coords, dims={**dims, **rest_dims, **lat_dims})
 
 
 def sample_marginal(
