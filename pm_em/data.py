@@ -180,8 +180,9 @@ class DaskSource(RowSource):
         return self._compute(self.array[rows])
 
     def to_dask(self, layout):
-        """Return the array rechunked to the fit's chunks along the rows."""
-        return self.array.rechunk({0: layout.sizes})
+        """Return the array rechunked to the fit's chunks along the rows, whole along the rest."""
+        whole = {axis: -1 for axis in range(1, self.array.ndim)}
+        return self.array.rechunk({0: layout.sizes, **whole})
 
     @property
     def chunk_sizes(self) -> tuple[int, ...]:
