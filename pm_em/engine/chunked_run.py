@@ -16,6 +16,7 @@ from scipy.optimize import minimize
 from pm_em.engine.accel import make_step
 from pm_em.engine.chunked import ChunkInfo, run_chunk
 from pm_em.engine.chunked_steps import ChunkedEngine
+from pm_em.engine.finish import newton_finish, not_worse
 from pm_em.engine.init import initial_x
 from pm_em.engine.monitor import ConvergenceMonitor
 from pm_em.engine.mstep import ClosedFormMStep, NumericMStep
@@ -143,11 +144,11 @@ def polish_chunked(engine: ChunkedEngine, run: EMRun) -> None:
         method="L-BFGS-B",
         options={"maxiter": 1000, "ftol": 1e-15, "gtol": 1e-10},
     )
-    x = np.asarray(res.x, dtype="float64")
+    x = newton_finish(np.asarray(res.x, dtype="float64"), engine.neg_log_posterior)
     e = engine.estep(x)
     if (
         np.isfinite(e.log_posterior)
-        and e.log_posterior >= run.estep.log_posterior
+        and not_worse(e.log_posterior, run.estep.log_posterior)
         and engine.collapse(e) is None
     ):
         run.polish_gain = e.log_posterior - run.estep.log_posterior
