@@ -29,16 +29,34 @@ from pm_em.exceptions import (
 )
 from pm_em.results.chunked import build_chunked_datatree, per_element_results
 
-__all__ = ["fit_chunked", "open_executor"]
+__all__ = ["fit_chunked"]
 
 
-def open_executor(client, sources, layout):
-    """Open the executor of a fit: this process (``client=None``), or a Dask cluster."""
-    if client is None:
-        return InProcessExecutor(sources, layout)
-    from pm_em.distributed.executor import DaskExecutor  # needs the dask extra
+class _Connection:
+    """The cluster of a fit, connected to first (an unreachable scheduler fails fast)."""
 
-    return DaskExecutor.open(client, sources, layout)
+    def __init__(self, client):
+        self.client, self.close = None, None
+        if client is not None:
+            from pm_em.distributed.cluster import connect  # needs the dask extra
+
+            self.client, self.close = connect(client)
+
+    def executor(self, sources, layout):
+        """Open the executor of a fit: this process (no client), or the Dask cluster."""
+        if self.client is None:
+            return InProcessExecutor(sources, layout)
+        from pm_em.distributed.executor import DaskExecutor
+
+        close, self.close = self.close, None  # the executor closes the cluster now
+        return DaskExecutor(self.client, sources, layout, close)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.close is not None:  # a failure before the executor took over
+            self.close()
 
 
 def _restarts(engine, *, rngs, init, initvals, progress, run_kwargs) -> list:
@@ -104,12 +122,14 @@ def fit_chunked(
     """Fit ``model`` by EM with the E-step per chunk of rows (arguments as `pm_em.fit`)."""
     from pm_em.fitting import _best, _progress  # the top layer shares its helpers
 
-    cm = chunked_model(model, latent, compile_kwargs)
-    sources, n_rows = resolve_sources(cm.graphs.binding, data)
-    layout = make_layout(n_rows, chunk_size, sources)
+    with _Connection(client) as connection:
+        cm = chunked_model(model, latent, compile_kwargs)
+        sources, n_rows = resolve_sources(cm.graphs.binding, data)
+        layout = make_layout(n_rows, chunk_size, sources)
+        executor = connection.executor(sources, layout)
     lazy = client is not None or any(s.lazy for s in sources.values())
     started = time.perf_counter()
-    with open_executor(client, sources, layout) as executor:
+    with executor:
         missing_counts = check_rows(executor, cm.graphs.binding.imputed)
         engine = ChunkedEngine(cm, executor)
         run_kwargs = {"max_iter": max_iter, "tol": tol, "accelerate": accelerate}
@@ -126,9 +146,9 @@ def fit_chunked(
             best = _best(runs)
             if polish:
                 polish_chunked(engine, best)
-        arrays, counts = per_element_results(
-            cm, executor, sources, best.x, missing_counts, lazy=lazy, store=store
-        )
+            arrays, counts = per_element_results(
+                cm, executor, sources, best.x, missing_counts, lazy=lazy, store=store
+            )
     _warn_about(cm.problem, best, counts, max_iter=max_iter, tol=tol, polished=polish)
     return build_chunked_datatree(
         cm,

@@ -90,25 +90,31 @@ class DaskExecutor:
             self._plugins[kernel.token] = name
         return name
 
-    def _gather(self, futures, what: str) -> list:
+    def _gather(self, futures, what: str, chunks: list[int] | None = None) -> list:
         distributed = require("distributed", "client=")
         try:
             return self.client.gather(futures)
-        except ChunkError:
+        except ChunkError:  # raised by the task itself, naming its chunk
             self.client.cancel(futures)
             raise
         except distributed.scheduler.KilledWorker as err:
-            self.client.cancel(futures)
-            raise self._chunk_error(err, what, "killed every worker that ran it") from err
-        except Exception as err:
-            self.client.cancel(futures)
-            raise self._chunk_error(err, what, f"failed: {type(err).__name__}: {err}") from err
+            happened = "killed every worker that ran it (it ran out of memory, or crashed)"
+            raise self._chunk_error(err, futures, chunks, what, happened) from err
+        except Exception as err:  # e.g. reading the data failed on a worker
+            happened = f"failed: {type(err).__name__}: {err}"
+            raise self._chunk_error(err, futures, chunks, what, happened) from err
 
-    def _chunk_error(self, err: Exception, what: str, happened: str) -> ChunkError:
+    def _chunk_error(self, err, futures, chunks, what: str, happened: str) -> ChunkError:
+        """Name the first chunk whose task failed (by its status, else by the task key)."""
+        failed = [i for i, f in enumerate(futures) if f.status == "error"]
+        self.client.cancel(futures)
         match = _KEY.search(str(err.args[0] if err.args else err))
-        if match is None:
+        if failed:
+            i = (chunks or list(range(len(futures))))[failed[0]]
+        elif match is not None:
+            i = int(match.group(1))
+        else:
             return ChunkError(f"pm_em: the {what} failed on the cluster: {happened}")
-        i = int(match.group(1))
         a, b = self.layout.bounds[i]
         return ChunkError(f"pm_em: the {what} of chunk {i} (rows {a}-{b}) {happened}.", i, (a, b))
 
@@ -152,7 +158,7 @@ class DaskExecutor:
                 key = f"pm_em-take-{self.token}-{self._calls + 1}-{i}"
                 futures.append(self.client.submit(take_task, local, self.names, *blocks, key=key))
         self._calls += 1
-        parts = self._gather(futures, "sample of rows")
+        parts = self._gather(futures, "sample of rows", chunks=wanted)
         return {name: np.concatenate([p[name] for p in parts], axis=0) for name in self.names}
 
     def close(self) -> None:

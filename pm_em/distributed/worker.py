@@ -38,13 +38,18 @@ class KernelPlugin(WorkerPlugin):
         self._local = threading.local()
 
     def setup(self, worker):
-        """Import pymc before any kernel is unpickled.
+        """Import pymc before any kernel is unpickled, and use one BLAS thread.
 
         Importing pymc adds flags to pytensor's C compiler flags, which are part of the key
         of its compile cache: without it a worker would compile again (7-14 s) every C
-        module the client just compiled.
+        module the client just compiled. One BLAS thread, as the client's fit uses: a
+        threaded BLAS adds its partial sums in another order (other bits), and the worker
+        processes already share the machine's cores.
         """
         import pymc  # noqa: F401
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
 
     def kernel(self):
         """Return this thread's copy of the kernel, unpickling it the first time."""
@@ -73,5 +78,5 @@ def scan_task(chunk: ChunkInfo, sources, *blocks) -> dict:
 
 
 def take_task(rows: np.ndarray, sources, *blocks) -> dict:
-    """The given rows (local to the chunk) of each source."""
+    """Return the given rows (local to the chunk) of each source."""
     return {name: np.asarray(block)[rows] for name, block in zip(sources, blocks, strict=True)}

@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 from arviz_base import dict_to_dataset
 from pymc.backends.arviz import coords_and_dims_for_inferencedata, find_constants, find_observations
+from threadpoolctl import threadpool_limits
 
 from pm_em.data import ChunkLayout, RowSource
 from pm_em.engine.chunked import ChunkInfo, ChunkKernel, run_chunk, tree_sum
@@ -59,7 +60,8 @@ class _KernelRef:
 
 def _pointwise_block(ref, x, blocks: dict, chunk: ChunkInfo) -> dict:
     kernel, lock = _load(ref.token, ref.blob)
-    with lock:
+    # One BLAS thread, as in the fit: the same bits wherever the block is computed.
+    with lock, threadpool_limits(1, user_api="blas"):
         return run_chunk(kernel, [x], blocks, chunk)
 
 
