@@ -249,6 +249,14 @@ def print_table(results, modes) -> None:
             f"scikit-learn at n={sk['n']:.0e}: {sk['per_iteration']:.3f} s/iter, peak RSS "
             f"{sk['peak_rss_mb']:.0f} MB; pm_em / scikit-learn: {ratios}"
         )
+        gap = max(
+            float(np.max(np.abs(np.subtract(runs[f"{m} {sk['n']}"]["mu"], sk["mu"]))))
+            for m in modes
+        )
+        print(
+            f"means after {ITERATIONS} iterations from the same start: max |pm_em - "
+            f"scikit-learn| = {gap:.1e}"
+        )
     if results.get("sklearn_failed"):
         print(f"scikit-learn did not fit in memory at n = {results['sklearn_failed']}")
     print(

@@ -162,6 +162,13 @@ def fit(
     ...     idata = pm_em.fit(random_seed=1, progressbar=False)
     >>> idata.posterior["mu"].values.round(1)
     array([[[-1.9,  3. ]]])
+
+    The same fit by chunks of 128 rows (``client="local"`` would run them on a local Dask
+    cluster) gives the same estimate:
+
+    >>> chunked = pm_em.fit(model, chunk_size=128, random_seed=1, progressbar=False)
+    >>> float(np.abs(chunked.posterior["mu"] - idata.posterior["mu"]).max()) < 1e-10
+    True
     """
     _validate(n_init, max_iter, tol, init)
     if data is not None or chunk_size is not None or client is not None or store is not None:

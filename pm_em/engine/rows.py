@@ -142,6 +142,15 @@ class RowBinding:
 
 def _template_rows(problem: EMProblem) -> int:
     """Return the number of rows of the model as declared: its latents' leading length."""
+    for lat in problem.latents:
+        # Extension point for chain latents (a Markov chain's elements couple along the rows):
+        # they split into chunks of whole sequences only, which needs chunk boundaries at
+        # sequence starts (ChunkLayout) and a forward-backward kernel; refused until then.
+        if getattr(lat, "coupling", None) not in (None, "none"):
+            raise ValueError(
+                f"Latent '{lat.name}' couples its elements ({lat.coupling}); chunked and "
+                "distributed fits split independent elements only. Fit it in memory."
+            )
     if problem.latents:
         lengths = {lat.shape[0] if lat.shape else None for lat in problem.latents}
         if None in lengths:
