@@ -17,7 +17,9 @@ Sections:
    model, a second fit of the same model (each in a fresh process where it matters);
 3. peak memory of a fit at n = 1e6, relative to the responsibilities array (n · k · 8 bytes);
 4. final log likelihood against scikit-learn's from the same start (both run to convergence);
-5. SQUAREM: iterations and time to convergence, plain against accelerated EM.
+5. SQUAREM: iterations and time to convergence, plain against accelerated EM;
+6. scaling (only with ``--only scaling``: it writes ~1 GB of zarr stores and takes about
+   20 minutes): chunked and distributed EM up to n = 1e8, see benchmarks/scaling.py.
 """
 
 import argparse
@@ -395,6 +397,9 @@ def main(argv=None):
         default="per_iteration,first_fit,memory,accuracy,squarem",
         help="sections to run, comma-separated",
     )
+    parser.add_argument(
+        "--scaling-sizes", default="1e5,1e6,1e7,1e8", help="n for the scaling section"
+    )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     args.sizes = [int(float(s)) for s in args.sizes.split(",") if s]
@@ -417,7 +422,13 @@ def main(argv=None):
         if name in only:
             print(f"--- {name}", flush=True)
             results[name] = run()
-    print_tables(results, modes)
+    if only - {"scaling"}:
+        print_tables(results, modes)
+    if "scaling" in only:
+        # Its own script (fresh processes, zarr stores on disk); it prints its own table.
+        print("--- scaling", flush=True)
+        script = os.path.join(ROOT, "benchmarks", "scaling.py")
+        subprocess.run([sys.executable, script, "--sizes", args.scaling_sizes], check=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=float)

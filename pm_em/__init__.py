@@ -17,10 +17,15 @@ closed-form model (``lean_mode``) uses Numba from 250,000 latent elements on, wh
 faster, and CVM below (`pm_em.compiling.default_compile_kwargs`). Pass e.g.
 ``compile_kwargs={"mode": "NUMBA", "lean_mode": "NUMBA"}`` to `fit` for another backend;
 ``./dev bench`` measures them.
+
+Scaling out: ``fit(..., data=, chunk_size=, client=, store=)`` runs the E-step by chunks of
+rows, in this process or on a Dask cluster (`pm_em.chunked_fit`; the ``dask`` extra).
 """
 
 from pm_em.engine.monitor import ConvergenceMonitor
 from pm_em.exceptions import (
+    ChunkError,
+    ClusterConnectionError,
     DegenerateFitError,
     DegenerateRunWarning,
     EMConvergenceWarning,
@@ -47,6 +52,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     # Errors and warnings
+    "ChunkError",
+    "ClusterConnectionError",
     "DegenerateFitError",
     "DegenerateRunWarning",
     "EMConvergenceWarning",

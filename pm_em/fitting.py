@@ -44,6 +44,10 @@ def fit(
     polish: bool = True,
     accelerate: bool = False,
     compile_kwargs: Mapping | None = None,
+    data: Mapping[str, object] | None = None,
+    chunk_size: int | None = None,
+    client: object | None = None,
+    store: object | None = None,
 ) -> xr.DataTree:
     """Find the posterior mode of a PyMC model by Expectation-Maximization.
 
@@ -92,6 +96,34 @@ def fit(
         ``"lean_mode"`` sets the backend of the per-iteration E-step of a closed-form model
         alone (``"auto"``: Numba for large data). Default:
         `pm_em.compiling.default_compile_kwargs`, ``{"mode": "CVM", "lean_mode": "auto"}``.
+    data : dict of {str: array_like}, optional
+        Rows for this fit, in place of the model's own: keys are ``pm.Data`` containers or
+        observed variables whose leading axis is the latent elements (the rows); values are
+        numpy arrays, ``np.memmap``, dask arrays or zarr arrays with the model's trailing
+        shape and any number of rows. The model declares the shapes (it may hold a slice of
+        the data); dask, zarr and memmap data are read by chunks, never whole, and never
+        reach this process when ``client`` is given. NaN entries are missing values where
+        the model integrates them out (an MvNormal declared with missing entries).
+    chunk_size : int, optional
+        Rows per chunk: the E-step, the checks, the polish and the per-element results run
+        one chunk at a time, so the fit needs the data plus memory for one chunk's
+        temporaries (O(chunk_size · K)). The estimate equals the in-memory one to round-off
+        (about 1e-12). Default (with ``data``, ``client`` or ``store``): the chunks of a dask
+        or zarr array, else chunks of about 32 MiB of data.
+    client : distributed.Client, str or int, optional
+        Run the chunks on a Dask cluster: a ``distributed.Client``, a scheduler address
+        (``"tcp://host:8786"``; the connection times out after dask's
+        ``distributed.comm.timeouts.connect``), ``"local"`` for a `distributed.LocalCluster`
+        of one single-threaded worker process per core, started and closed by the fit, or
+        an int for a local cluster of that many worker processes. The data stay on the
+        workers; each iteration sends the parameters and gathers a few numbers per chunk,
+        which are added in a fixed order, so a fit is repeatable bit for bit for a given
+        chunking and gives the same estimate as in this process. Needs ``pm-em[dask]``.
+    store : str or zarr store, optional
+        Write the per-element groups (``latent_posterior``, ``log_likelihood``, the completed
+        data) to this zarr store (an existing one is replaced) and return them reading it.
+        Without it, a chunked fit of numpy data returns numpy arrays, and one of dask, zarr
+        or memmap data (or on a cluster) returns dask arrays computed when accessed.
 
     Returns
     -------
@@ -106,9 +138,15 @@ def fit(
     ------
     ValueError
         For a model EM cannot handle (named in the message), bad arguments, or a starting
-        point of zero density.
+        point of zero density; for ``data`` whose names, shapes or values do not fit the
+        model, or a model whose E-step does not split into rows.
     DegenerateFitError
         When every run ended with an unbounded likelihood (a collapsed component).
+    ChunkError
+        When a chunk fails to compute (a failing read, a worker dying on it repeatedly):
+        the message names the chunk and its rows; no partial result is returned.
+    ClusterConnectionError
+        When the scheduler at the address ``client`` gives cannot be reached.
 
     Examples
     --------
@@ -124,8 +162,37 @@ def fit(
     ...     idata = pm_em.fit(random_seed=1, progressbar=False)
     >>> idata.posterior["mu"].values.round(1)
     array([[[-1.9,  3. ]]])
+
+    The same fit by chunks of 128 rows (``client="local"`` would run them on a local Dask
+    cluster) gives the same estimate:
+
+    >>> chunked = pm_em.fit(model, chunk_size=128, random_seed=1, progressbar=False)
+    >>> float(np.abs(chunked.posterior["mu"] - idata.posterior["mu"]).max()) < 1e-10
+    True
     """
     _validate(n_init, max_iter, tol, init)
+    if data is not None or chunk_size is not None or client is not None or store is not None:
+        # Chunked or distributed EM: the same flow with the E-step per chunk of rows.
+        from pm_em.chunked_fit import fit_chunked  # imports this module's helpers
+
+        return fit_chunked(
+            pm.modelcontext(model),
+            data=data,
+            chunk_size=chunk_size,
+            client=client,
+            store=store,
+            latent=latent,
+            initvals=initvals,
+            n_init=n_init,
+            init=init,
+            max_iter=max_iter,
+            tol=tol,
+            random_seed=random_seed,
+            progressbar=progressbar,
+            polish=polish,
+            accelerate=accelerate,
+            compile_kwargs=compile_kwargs,
+        )
     compiled = compile_model(pm.modelcontext(model), latent, compile_kwargs)
     started = time.perf_counter()
     # One BLAS thread: the M-step's L-BFGS works on a few parameters, where OpenBLAS's thread

@@ -8,6 +8,7 @@ from scipy.optimize import minimize
 from pm_em.engine.accel import make_step
 from pm_em.engine.compiled import CompiledProblem
 from pm_em.engine.estep import EStepResult
+from pm_em.engine.finish import newton_finish, not_worse
 from pm_em.engine.health import check_start, collapse
 from pm_em.engine.monitor import ConvergenceMonitor
 
@@ -110,11 +111,12 @@ def polish(compiled: CompiledProblem, run: EMRun) -> None:
         method="L-BFGS-B",
         options={"maxiter": 1000, "ftol": 1e-15, "gtol": 1e-10},
     )
-    x = np.asarray(res.x, dtype="float64")
+    # Newton steps on the gradient: L-BFGS stops ~1e-8 short of the mode (engine/finish.py).
+    x = newton_finish(np.asarray(res.x, dtype="float64"), neg_log_post)
     e = cache.get(x.tobytes()) or compiled.estep(x)
     if (
         np.isfinite(e.log_posterior)
-        and e.log_posterior >= run.estep.log_posterior
+        and not_worse(e.log_posterior, run.estep.log_posterior)  # up to rounding
         and collapse(compiled.problem, e) is None
     ):
         run.polish_gain = e.log_posterior - run.estep.log_posterior

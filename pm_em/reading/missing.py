@@ -50,6 +50,8 @@ from pm_em.reading.enumerate import element_of, enumerated
 from pm_em.reading.problem import Latent, MissingValues
 
 __all__ = [
+    "FILLED_SUFFIX",
+    "MASK_SUFFIX",
     "Imputed",
     "find_imputed",
     "missing_values",
@@ -57,6 +59,12 @@ __all__ = [
     "mvnormal_rows",
     "split_moments",
 ]
+
+
+# Names of the constants that carry an MvNormal variable's missingness mask (1.0 where missing)
+# and its data with 0 where missing, after the variable's name: see `mvnormal_rows`.
+MASK_SUFFIX = "__missing_mask"
+FILLED_SUFFIX = "__filled"
 
 
 @dataclass(frozen=True)
@@ -268,9 +276,11 @@ def mvnormal_rows(model: pm.Model, imp: Imputed) -> tuple[Variable, Variable, Va
     base = obs.owner.inputs[0]
     mu, cov = base.owner.op.dist_params(base.owner)
     mu, cov = model.replace_rvs_by_values([mu, cov])
-    m = pt.as_tensor(imp.mask.astype("float64"))  # (*batch, d)
+    # Named, so that a chunked fit (pm_em.engine.rows) can feed each block of rows its own
+    # mask and data: the graph below is the same for every missingness pattern.
+    m = pt.as_tensor(imp.mask.astype("float64"), name=f"{imp.name}{MASK_SUFFIX}")  # (*batch, d)
     o = 1.0 - m
-    x0 = pt.as_tensor(np.where(imp.mask, 0.0, imp.data))
+    x0 = pt.as_tensor(np.where(imp.mask, 0.0, imp.data), name=f"{imp.name}{FILLED_SUFFIX}")
     d = imp.mask.shape[-1]
     eye = pt.eye(d)
     delta = (x0 - mu) * o

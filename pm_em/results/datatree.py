@@ -102,7 +102,9 @@ def build_datatree(
     return xr.DataTree.from_dict(groups)
 
 
-def _em_stats(problem, best, runs, best_index, attrs) -> xr.Dataset:
+def _em_stats(problem, best, runs, best_index, attrs, counts=None) -> xr.Dataset:
+    # ``counts``: each latent's expected counts per support value, when the caller has them
+    # without the responsibilities (a chunked fit, pm_em.results.chunked); else from them.
     data = {
         "log_posterior": ("iteration", np.asarray(best.log_posterior)),
         "log_likelihood": ("iteration", np.asarray(best.log_likelihood)),
@@ -118,12 +120,14 @@ def _em_stats(problem, best, runs, best_index, attrs) -> xr.Dataset:
         "restart_status": ("restart", np.array([r.status for r in runs], dtype=str)),
     }
     coords = {"iteration": np.arange(len(best.log_posterior)), "restart": np.arange(len(runs))}
-    for lat, resp in zip(problem.latents, best.estep.resp, strict=True):
+    if counts is None:
+        counts = [
+            resp.reshape(-1, lat.support.size).sum(axis=0)
+            for lat, resp in zip(problem.latents, best.estep.resp, strict=True)
+        ]
+    for lat, count in zip(problem.latents, counts, strict=True):
         # Expected number of latent elements taking each support value.
-        data[f"{lat.name}_count"] = (
-            lat.support_dim,
-            resp.reshape(-1, lat.support.size).sum(axis=0),
-        )
+        data[f"{lat.name}_count"] = (lat.support_dim, count)
         coords[lat.support_dim] = lat.support
     return xr.Dataset(
         {k: xr.Variable(d, np.asarray(v)) for k, (d, v) in data.items()}, coords=coords, attrs=attrs
