@@ -58,7 +58,15 @@ def _component_dims(em: xr.DataTree, point: xr.Dataset, component_dim) -> list[s
         return []
     lat = em["latent_posterior"].dataset
     sizes = {lat[v].shape[-1] for v in lat.data_vars if lat[v].dims[-1].endswith("_support")}
-    found = sorted(str(d) for d in point.dims if point.sizes[d] in sizes and point.sizes[d] > 1)
+    found = {str(d) for d in point.dims if point.sizes[d] in sizes and point.sizes[d] > 1}
+    # A mixture's latent takes its weights' component dim as its support dim: that dim of
+    # the posterior indexes components by construction.
+    found |= {
+        str(lat[v].dims[-1])
+        for v in lat.data_vars
+        if lat[v].ndim and lat[v].dims[-1] in point.dims and point.sizes[lat[v].dims[-1]] > 1
+    }
+    found = sorted(found)
     if len(found) > 1:
         raise ValueError(
             f"Several dims of the EM posterior, {found}, have the length of a latent's support, "

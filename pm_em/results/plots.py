@@ -76,7 +76,12 @@ def plot_convergence(em_idata: xr.DataTree) -> Figure:
 def _pick_latent(em_idata: xr.DataTree, latent: str | None) -> str:
     if "latent_posterior" not in em_idata.children:
         raise ValueError("`em_idata` has no `latent_posterior` group; pass a `pm_em.fit` result.")
-    names = [str(v) for v in em_idata["latent_posterior"].dataset.data_vars]
+    # Responsibilities, not the imputations of missing values (PyMC's `<name>_unobserved`).
+    names = [
+        str(v)
+        for v in em_idata["latent_posterior"].dataset.data_vars
+        if not str(v).removesuffix("_sd").endswith("_unobserved")
+    ]
     if latent is None:
         if len(names) != 1:
             raise ValueError(f"`em_idata` has latents {names}; pick one with `latent=`.")
@@ -122,6 +127,13 @@ def plot_mixture(em_idata: xr.DataTree, *, latent: str | None = None, bins: int 
         for v in loglik.data_vars
         if v in observed and tuple(d for d in loglik[v].dims if d not in _SAMPLE) == elem_dims
     ]
+    incomplete = [str(v) for v in loglik.data_vars if f"{v}_observed" in observed]
+    if not candidates and incomplete:
+        raise ValueError(
+            f"Observed variable(s) {incomplete} of latent '{name}' have missing values (PyMC "
+            "keeps only their observed entries in `observed_data`); `plot_mixture` draws "
+            "fully observed data. Plot a fit to the complete rows instead."
+        )
     if len(candidates) != 1:
         raise ValueError(
             f"Latent '{name}' explains {len(candidates)} observed variables with one value per "
