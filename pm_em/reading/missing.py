@@ -10,7 +10,10 @@ the unobserved entries as latent, and integrates them out in closed form:
   inside a mixture);
 - entries of an ``MvNormal`` row (PyMC's ``PartialObservedRV``) are integrated out of the
   Gaussian: the row's observed-data log likelihood is the marginal Gaussian density of its
-  observed entries, and the missing entries' conditional distribution is Gaussian.
+  observed entries, and the missing entries' conditional distribution is Gaussian
+  (`gaussian_rows`);
+- a marginal mixture (`pm.Mixture`, ...) with missing data is also one ``PartialObservedRV``
+  block: `pm_em.reading.mixture_missing` integrates it out with the mixture's latent.
 
 So the observed-data log posterior, which EM increases, is exact; the conditional means and
 sds are reported as imputations. Missing values that other variables depend on are refused.
