@@ -312,9 +312,10 @@ def test_normal_mixture_and_explicit_latent_give_the_same_fit():
         marginal.log_likelihood["y"].values, explicit.log_likelihood["y"].values, atol=1e-8
     )
     # The same layout, once the latent's name (and its support dim's) is renamed.
-    rename = {"y_component": "z", "y_component_count": "z_count", "component": "component"}
-    explicit_rename = {"z_support": "component"}
-    assert _layout(marginal, rename) == _layout(explicit, explicit_rename)
+    # The mixture's latent takes the weights' dim "component" as its support dim; the
+    # explicit latent's is "z_support".
+    rename = {"y_component": "z", "y_component_count": "z_count"}
+    assert _layout(marginal, rename) == _layout(explicit, {"z_support": "component"})
     np.testing.assert_array_equal(
         marginal.latent_posterior["component"].values, marginal.posterior["component"].values
     )

@@ -116,13 +116,13 @@ def _values_per_element(mixture: MarginalMixture, ctx) -> int:
     """Observed values per latent element: 1, or the row length of multivariate components."""
     if mixture.ndim_supp == 0:
         return 1
-    data = mixture.imputed.data if mixture.imputed is not None else _data(ctx.model, mixture.rv)
+    if mixture.imputed is not None:
+        data = mixture.imputed.data
+    else:
+        data = observed_data(ctx.model, mixture.rv)
+    if data is None:  # data PyMC keeps as a graph: the row length from the static type
+        return int(mixture.rv.type.shape[-1] or 1)
     return int(np.prod(np.shape(data)[-mixture.ndim_supp :]))
-
-
-def _data(model: pm.Model, rv: Variable) -> np.ndarray:
-    data = observed_data(model, rv)
-    return np.zeros(rv.type.shape) if data is None else data
 
 
 def _element_dims(model: pm.Model, mixture: MarginalMixture, n: int) -> tuple:
