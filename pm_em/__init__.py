@@ -34,6 +34,7 @@ from pm_em.exceptions import (
     LabelSwitchingWarning,
     LaplaceWarning,
     MissingMomentWarning,
+    NoLatentWarning,
     NonMonotoneWarning,
 )
 from pm_em.fitting import fit
@@ -60,6 +61,7 @@ __all__ = [
     "EMWarning",
     "EmptyComponentWarning",
     "MissingMomentWarning",
+    "NoLatentWarning",
     "NonMonotoneWarning",
     # Low-level pieces
     "ConvergenceMonitor",

@@ -47,6 +47,13 @@ class DegenerateRunWarning(EMWarning):
     """A restart was abandoned because the likelihood became unbounded (a collapsed component)."""
 
 
+class NoLatentWarning(EMWarning):
+    """EM had nothing to do: the model has no latent of any kind and no missing value.
+
+    The result is then the plain MAP (`pm.find_MAP`'s answer), not an EM fit.
+    """
+
+
 class LabelSwitchingWarning(EMWarning):
     """The chains of a posterior sample label the mixture components differently."""
 

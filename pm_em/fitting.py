@@ -23,6 +23,7 @@ from pm_em.exceptions import (
     DegenerateRunWarning,
     EMConvergenceWarning,
     EmptyComponentWarning,
+    NoLatentWarning,
     warn,
 )
 from pm_em.results.datatree import build_datatree
@@ -51,8 +52,10 @@ def fit(
 ) -> xr.DataTree:
     """Find the posterior mode of a PyMC model by Expectation-Maximization.
 
-    The finite discrete latent variables are summed out by enumerating their supports (the
-    E-step); the continuous free variables are the parameters, estimated by MAP in
+    The finite discrete latent variables, and the component assignments hidden in marginal
+    mixtures (`pm.Mixture`, `pm.NormalMixture`, zero-inflated and hurdle likelihoods), are
+    summed out by enumerating their supports (the E-step); missing values are integrated
+    out; the continuous free variables are the parameters, estimated by MAP in
     `pm.find_MAP`'s convention (constrained space, no Jacobian; flat priors give the MLE).
 
     Parameters
@@ -60,7 +63,10 @@ def fit(
     model : pm.Model, optional
         Default: the model of the ``with`` context.
     latent : sequence of str, optional
-        Latent variables to sum out. Default: every discrete free variable.
+        Latent variables to sum out: discrete free variables, the component assignment
+        ``"y_component"`` of a marginal mixture ``y`` (`pm.Mixture`, `pm.NormalMixture`,
+        zero-inflated and hurdle likelihoods; ``"y"`` also names it) and variables with
+        missing values. Default: all of them.
     initvals : dict of {str: array_like}, optional
         Starting values (constrained space) of parameters. With ``init="auto"`` the first run
         starts there; later restarts are data-driven.
@@ -148,11 +154,32 @@ def fit(
     ClusterConnectionError
         When the scheduler at the address ``client`` gives cannot be reached.
 
+    Warns
+    -----
+    NoLatentWarning
+        When the model has no latent and no missing value: the result is the plain MAP.
+    EMConvergenceWarning
+        When the best run stopped at ``max_iter``.
+    EmptyComponentWarning
+        When a mixture component has (almost) no responsibility at the estimate.
+
     Examples
     --------
+    A mixture as PyMC users write it, and the same model with an explicit latent:
+
     >>> import numpy as np, pymc as pm, pm_em
     >>> rng = np.random.default_rng(0)
     >>> x = np.concatenate([rng.normal(-2, 1, 200), rng.normal(3, 1, 300)])
+    >>> with pm.Model(coords={"component": [0, 1]}) as model:
+    ...     w = pm.Dirichlet("w", a=np.ones(2), dims="component")
+    ...     mu = pm.Normal("mu", 0, 10, dims="component")
+    ...     sigma = pm.HalfNormal("sigma", 5, dims="component")
+    ...     y = pm.NormalMixture("y", w=w, mu=mu, sigma=sigma, observed=x)
+    ...     idata = pm_em.fit(random_seed=1, progressbar=False)
+    >>> idata.posterior["mu"].values.round(1)
+    array([[[-1.9,  3. ]]])
+    >>> idata.latent_posterior["y_component"].dims
+    ('y_dim_0', 'component')
     >>> with pm.Model(coords={"component": [0, 1]}) as model:
     ...     w = pm.Dirichlet("w", a=np.ones(2), dims="component")
     ...     mu = pm.Normal("mu", 0, 10, dims="component")
@@ -194,6 +221,7 @@ def fit(
             compile_kwargs=compile_kwargs,
         )
     compiled = compile_model(pm.modelcontext(model), latent, compile_kwargs)
+    _warn_if_no_latent(compiled.problem)
     started = time.perf_counter()
     # One BLAS thread: the M-step's L-BFGS works on a few parameters, where OpenBLAS's thread
     # start-up and spinning cost ~20x the arithmetic (measured on 2 cores, scipy 1.18).
@@ -286,6 +314,22 @@ def _best(runs: list[EMRun]) -> EMRun:
             "such as `pm.HalfNormal` or `pm.InverseGamma`, or more restarts (`n_init`)."
         )
     return max(good, key=lambda r: r.final_log_posterior)
+
+
+def _warn_if_no_latent(problem) -> None:
+    """Say so when EM has nothing to do: the result is then the plain MAP."""
+    if problem.latents or problem.missing:
+        return
+    model = problem.model
+    warn(
+        "EM had nothing to do: pm_em found no latent in this model (no discrete free "
+        "variable, no marginal mixture such as pm.Mixture, pm.NormalMixture or a "
+        "zero-inflated or hurdle likelihood, and no missing value to integrate out). It "
+        f"looked at the free variables {[rv.name for rv in model.free_RVs]} and the observed "
+        f"variables {[rv.name for rv in model.observed_RVs]}. The result is the MAP "
+        "(pm.find_MAP's answer), not an EM fit.",
+        NoLatentWarning,
+    )
 
 
 def _warn_about(compiled: CompiledProblem, best: EMRun, *, max_iter, tol, polished) -> None:

@@ -12,10 +12,12 @@ from pytensor.graph.traversal import ancestors
 from pytensor.tensor.random.basic import CategoricalRV
 
 from pm_em.closed_form.block import Block, Context
+from pm_em.closed_form.components import explicit_components, mixture_components
 from pm_em.closed_form.graph import NoMatch
 from pm_em.closed_form.registry import COMPONENTS
 from pm_em.closed_form.transforms import to_unconstrained
-from pm_em.closed_form.weights import match_weights
+from pm_em.closed_form.weights import match_mixture_weights, match_weights
+from pm_em.reading.mixture_graph import as_mixture
 from pm_em.reading.problem import EMProblem
 
 __all__ = ["ClosedFormPlan", "match_closed_form"]
@@ -193,6 +195,53 @@ def _constrained_shapes(problem: EMProblem) -> dict[str, tuple[int, ...]]:
     return {k: np.shape(v) for k, v in zip(names, fn(start), strict=True)}
 
 
+def _latent_plan(ctx: Context, j: int, lat) -> _LatentPlan | None:
+    """Match latent ``j``'s weights and components; None for a latent no form applies to."""
+    n_support = lat.support.size
+    if len(lat.shape) != 1 or not np.array_equal(lat.support, np.arange(n_support)):
+        return None
+    structure = _structure(ctx, lat, n_support)
+    if structure is None:
+        return None
+    weights, sources = structure
+    components = []
+    for comps in sources:
+        block = None
+        match = COMPONENTS.get(type(comps.op)) if comps is not None else None
+        if match is not None and tuple(comps.y.type.shape[:1]) in ((lat.shape[0],), (None,)):
+            try:
+                block = match(ctx, comps)
+            except NoMatch:
+                block = None
+        components.append(block)
+    return _LatentPlan(j, weights, components)
+
+
+def _structure(ctx: Context, lat, n_support: int):
+    """Return the latent's weights block and the components of each dependent, in either form.
+
+    An explicit latent ``z`` (a Categorical free variable) has its prior as weights and one
+    `Components` per observed dependent; a mixture's latent has the mixture's weights and
+    its one list or batch of components. Returns None for other latents.
+    """
+    model = ctx.problem.model
+    if lat.mixture_of is not None:
+        mixture = as_mixture(model, model[lat.mixture_of])
+        if mixture is None:
+            return None
+        return match_mixture_weights(ctx, mixture), [mixture_components(ctx, mixture, n_support)]
+    z = model[lat.name]
+    if not isinstance(z.owner.op, CategoricalRV):
+        return None
+    sources = [
+        explicit_components(ctx, model[name], z, n_support)
+        if model[name] in model.observed_RVs
+        else None
+        for name in lat.dependents
+    ]
+    return match_weights(ctx, z), sources
+
+
 def match_closed_form(problem: EMProblem) -> ClosedFormPlan | None:
     """Recognize the closed-form updates of ``problem``'s M-step.
 
@@ -219,27 +268,7 @@ def match_closed_form(problem: EMProblem) -> ClosedFormPlan | None:
         children=_children(model, free),
         shapes=_constrained_shapes(problem),
     )
-    latents = []
-    for j, lat in enumerate(problem.latents):
-        z = model[lat.name]
-        if len(lat.shape) != 1 or not isinstance(z.owner.op, CategoricalRV):
-            continue
-        n_support = lat.support.size
-        if not np.array_equal(lat.support, np.arange(n_support)):
-            continue
-        weights = match_weights(ctx, z)
-        components = []
-        for dep_name in lat.dependents:
-            dep = model[dep_name]
-            match = COMPONENTS.get(type(dep.owner.op)) if dep in model.observed_RVs else None
-            block = None
-            if match is not None and tuple(dep.type.shape[:1]) in ((lat.shape[0],), (None,)):
-                try:
-                    block = match(ctx, dep, z, n_support)
-                except NoMatch:
-                    block = None
-            components.append(block)
-        latents.append(_LatentPlan(j, weights, components))
+    latents = [lp for j, lat in enumerate(problem.latents) if (lp := _latent_plan(ctx, j, lat))]
     # A variable is claimed by exactly one block.
     owners: dict[str, int] = {}
     for lp in latents:

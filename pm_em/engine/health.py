@@ -80,7 +80,7 @@ def empty_components(problem: EMProblem, e: EStepResult) -> dict[str, list]:
     """Return ``{latent: support values}`` whose expected count is below `EMPTY_COUNT`."""
     empty = {}
     for lat, resp in zip(problem.latents, e.resp, strict=True):
-        if lat.kind != "Categorical":
+        if lat.kind not in ("Categorical", "Mixture"):  # not a Bernoulli's or a hurdle's zeros
             continue
         counts = resp.reshape(-1, lat.support.size).sum(axis=0)
         ks = lat.support[counts < EMPTY_COUNT].tolist()

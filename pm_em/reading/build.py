@@ -6,9 +6,10 @@ the parameters, the log prior and the likelihood terms no latent takes; build ea
 enumerated joint log density and the missing values' moments; express every graph in one flat
 parameter vector; run each reader's own checks.
 
-Adding a kind of latent (e.g. a mixture written as ``pm.NormalMixture``, or a Markov chain) is
-one new reader module, whose ``read(ctx) -> list[LatentDraft]`` finds the latents and says
-which variables' densities each takes over, plus one entry in `READERS`.
+Adding a kind of latent (e.g. a Markov chain) is one new reader module, whose
+``read(ctx) -> list[LatentDraft]`` finds the latents and says which variables' densities each
+takes over, plus one entry in `READERS`: the explicit latents (`pm_em.reading.latents`) and
+the component assignments of marginal mixtures (`pm_em.reading.mixtures`) are read so.
 """
 
 from collections.abc import Sequence
@@ -24,13 +25,14 @@ from pytensor.graph.traversal import ancestors
 
 from pm_em.reading.latents import LatentDraft, read_explicit_latents
 from pm_em.reading.missing import Imputed, find_imputed, missing_values, mvnormal_rows
+from pm_em.reading.mixtures import latent_name, read_marginal_mixtures
 from pm_em.reading.observed import check_observed, observed_data
 from pm_em.reading.problem import EMProblem, Latent, MissingValues, Parameter
 
 __all__ = ["READERS", "ReadContext", "build_problem"]
 
 # Every kind of latent has one reader: ``reader(ctx) -> list[LatentDraft]``.
-READERS = (read_explicit_latents,)
+READERS = (read_explicit_latents, read_marginal_mixtures)
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,9 +83,11 @@ def build_problem(model: pm.Model, latent: Sequence[str] | None = None) -> EMPro
         The model, with discrete latent variables as free variables, and NaN in observed
         data for missing values.
     latent : sequence of str, optional
-        Names of the latent variables to sum out: discrete free variables, and imputed
-        variables (by the user's name ``y`` or PyMC's ``y_unobserved``). Default: all of
-        them. An imputed variable left out is estimated as a parameter (its MAP value).
+        Names of the latent variables to sum out: discrete free variables, the component
+        assignments of marginal mixtures (``"y_component"``, or the mixture ``"y"`` itself),
+        and imputed variables (by the user's name ``y`` or PyMC's ``y_unobserved``). Default:
+        all of them. An imputed variable left out is estimated as a parameter (its MAP
+        value); a mixture left out keeps PyMC's own density as a likelihood term.
 
     Returns
     -------
@@ -105,11 +109,7 @@ def build_problem(model: pm.Model, latent: Sequence[str] | None = None) -> EMPro
     log_lik_rest, log_lik_dims = _likelihood_rest(ctx, owner_of)
     built = [draft.build(ctx, draft) for draft in drafts]
     latents = [spec for spec, _ in built]
-    by_name = {spec.name: spec for spec in latents}
-    missing = [
-        missing_values(model, imp, by_name.get(_owner_name(ctx, imp, owner_of)))
-        for imp in ctx.imputed
-    ]
+    missing = [_missing_values(ctx, imp, drafts, latents, owner_of) for imp in ctx.imputed]
     problem = _flatten(
         ctx, params_rvs, latents, missing, prior_terms, log_lik_rest, _deterministics(ctx, drafts)
     )
@@ -130,7 +130,10 @@ def _read_context(model: pm.Model, latent: Sequence[str] | None) -> ReadContext:
         imputed = all_imputed
     else:
         names = set(latent)
-        imputed = tuple(imp for imp in all_imputed if {imp.name, imp.unobserved} & names)
+        # A mixture's missing entries go with its component latent (`pm_em.reading.mixtures`).
+        imputed = tuple(
+            imp for imp in all_imputed if {imp.name, imp.unobserved, latent_name(imp.name)} & names
+        )
     return ReadContext(
         model=model,
         latent=None if latent is None else tuple(latent),
@@ -145,7 +148,7 @@ def _select(ctx: ReadContext, candidates: list[LatentDraft]) -> list[LatentDraft
     if ctx.latent is None:
         return candidates
     model = ctx.model
-    known = {d.name for d in candidates} | {
+    known = {name for d in candidates for name in (d.name, *d.aliases)} | {
         name for imp in ctx.all_imputed for name in (imp.name, imp.unobserved)
     }
     for name in ctx.latent:
@@ -168,7 +171,7 @@ def _select(ctx: ReadContext, candidates: list[LatentDraft]) -> list[LatentDraft
             "optimize continuous parameters: add them to `latent`, or fix their values "
             "with `pm.do`/`pm.observe`."
         )
-    return [d for d in candidates if d.name in ctx.latent]
+    return [d for d in candidates if {d.name, *d.aliases} & set(ctx.latent)]
 
 
 def _assign_dependents(
@@ -260,8 +263,14 @@ def _likelihood_rest(ctx: ReadContext, owner_of):
     return log_lik_rest, log_lik_dims
 
 
-def _owner_name(ctx: ReadContext, imp: Imputed, owner_of) -> str | None:
-    return owner_of.get(ctx.model[imp.observed])
+def _missing_values(ctx: ReadContext, imp: Imputed, drafts, latents, owner_of) -> MissingValues:
+    """Return the missing values of ``imp``, integrated out by the latent owning them, if any."""
+    owner = owner_of.get(ctx.model[imp.observed])
+    pairs = [(d, lat) for d, lat in zip(drafts, latents, strict=True) if lat.name == owner]
+    draft, latent = pairs[0] if pairs else (None, None)
+    if draft is not None and draft.missing is not None:
+        return draft.missing(ctx, imp, latent)
+    return missing_values(ctx.model, imp, latent)
 
 
 def _deterministics(ctx: ReadContext, drafts: list[LatentDraft]) -> dict[str, Variable]:

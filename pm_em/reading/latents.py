@@ -61,6 +61,11 @@ class LatentDraft:
     check : callable or None
         ``check(problem, latent, terms)``, run once the problem is assembled; raises when the
         enumeration would be wrong for this model (e.g. elements that interact).
+    aliases : tuple of str
+        Other names by which `latent=` may select it (e.g. the mixture's observed variable).
+    missing : callable or None
+        ``missing(ctx, imputed, latent) -> MissingValues`` for missing entries of a variable it
+        absorbs, when the latent integrates them out itself; None: `missing.missing_values`.
     """
 
     name: str
@@ -68,6 +73,8 @@ class LatentDraft:
     absorbs: tuple[Variable, ...]
     build: Callable
     check: Callable | None = None
+    aliases: tuple[str, ...] = ()
+    missing: Callable | None = None
 
 
 def is_discrete(rv: Variable) -> bool:

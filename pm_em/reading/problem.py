@@ -17,10 +17,13 @@ __all__ = ["EMProblem", "Latent", "MissingValues", "Parameter"]
 class Latent:
     """A finite discrete latent variable and its enumerated joint log density.
 
+    Explicit latents are discrete free variables of the model; implicit ones are the
+    component assignments of the model's marginal mixtures (`pm_em.reading.mixtures`).
+
     Attributes
     ----------
     name : str
-        The model variable.
+        The model variable (explicit), or ``"<y>_component"`` for mixture ``y`` (implicit).
     support : ndarray of shape (n_support,)
         The values it can take.
     shape : tuple of int
@@ -28,9 +31,11 @@ class Latent:
     dims : tuple of str
         Dim names of its elements: the model's, or ``"<name>_dim_<i>"``.
     support_dim : str
-        Name of the trailing dim that indexes ``support`` (``"<name>_support"``).
+        Name of the trailing dim that indexes ``support``: ``"<name>_support"``, or for a
+        mixture whose weights have dims, the weights' component dim (e.g. ``"component"``).
     kind : str
-        Its distribution (``"Categorical"``, ``"Bernoulli"``, ...).
+        Its distribution (``"Categorical"``, ``"Bernoulli"``, ...), or for an implicit
+        latent the kind of mixture (``"Mixture"``, ``"ZeroInflated"``, ``"Hurdle"``).
     dependents : tuple of str
         The observed variables and potentials whose density involves it.
     observed : tuple of str
@@ -41,6 +46,11 @@ class Latent:
     log_joint : TensorVariable of shape (*shape, n_support)
         log p(z_i = k, dependents_i | θ) for every element i and support value k, as a
         function of the flat parameter vector `EMProblem.x`.
+    mixture_of : str or None
+        For an implicit latent, the component assignment of a marginal mixture
+        (`pm.Mixture`, `pm.NormalMixture`, ...): the model's observed variable whose density
+        it enumerates (PyMC's ``<y>_observed`` when the data have missing values). None for
+        an explicit latent, which is a free variable of the model named ``name``.
     """
 
     name: str
@@ -53,6 +63,7 @@ class Latent:
     observed: tuple[str, ...]
     values_per_element: int
     log_joint: Variable = field(repr=False)
+    mixture_of: str | None = None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from pm_em.data import ChunkLayout, RowSource
 from pm_em.engine.chunked import ChunkInfo, ChunkKernel, run_chunk, tree_sum
 from pm_em.engine.chunked_model import ChunkedModel
 from pm_em.optional import require
-from pm_em.results.datatree import _em_stats, _library_attrs
+from pm_em.results.datatree import _em_stats, _library_attrs, support_coords
 
 __all__ = ["build_chunked_datatree", "per_element_results"]
 
@@ -227,7 +227,9 @@ def build_chunked_datatree(
     for lat in problem.latents:
         resp = arrays[f"resp/{lat.name}"]
         lat_vars[lat.name] = _array(
-            resp, (*lat.dims, lat.support_dim), {**coords, lat.support_dim: lat.support}
+            resp,
+            (*lat.dims, lat.support_dim),
+            {**coords, lat.support_dim: support_coords(lat, coords)},
         )
         name = "+".join(lat.observed) or lat.name
         lm = arrays[f"log_marginal/{lat.name}"][None, None]
@@ -252,7 +254,7 @@ def build_chunked_datatree(
     groups = {
         "posterior": posterior,
         "latent_posterior": xr.Dataset(lat_vars, attrs=attrs),
-        "em_stats": _em_stats(problem, best, runs, best_index, attrs, counts=counts),
+        "em_stats": _em_stats(problem, best, runs, best_index, attrs, coords, counts=counts),
         "log_likelihood": xr.Dataset(log_lik, attrs=attrs),
         **_data_groups(cm, sources, layout, lazy, attrs, coords),
     }

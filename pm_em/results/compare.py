@@ -58,9 +58,22 @@ def _component_dims(em: xr.DataTree, point: xr.Dataset, component_dim) -> list[s
         return []
     lat = em["latent_posterior"].dataset
     sizes = {lat[v].shape[-1] for v in lat.data_vars if lat[v].dims[-1].endswith("_support")}
-    found = sorted(str(d) for d in point.dims if point.sizes[d] in sizes and point.sizes[d] > 1)
+    found = {str(d) for d in point.dims if point.sizes[d] in sizes and point.sizes[d] > 1}
+    # A mixture's latent takes its weights' component dim as its support dim: that dim of
+    # the posterior indexes components by construction.
+    support_dims = {
+        str(lat[v].dims[-1])
+        for v in lat.data_vars
+        if lat[v].ndim
+        and not str(v).removesuffix("_sd").endswith("_unobserved")
+        and lat[v].dims[-1] in point.dims
+        and point.sizes[lat[v].dims[-1]] > 1
+    }
+    found = sorted(found | support_dims)
     if len(found) <= 1:
         return found
+    if support_dims:
+        return sorted(support_dims)
     # Several dims have a support's length (a 2-D mixture: components and coordinates):
     # the components are the dims the mixture weights live on, or else the dims so named.
     weights = [d for d in found if _carries_weights(point, d)]

@@ -27,9 +27,10 @@ from pm_em.engine.compiled import compile_model
 __all__ = ["information_criteria"]
 
 
-def _entropy(latent_posterior: xr.Dataset) -> float:
+def _entropy(latent_posterior: xr.Dataset, names: Sequence[str]) -> float:
+    """Entropy of the responsibilities of latents ``names`` (not of imputed missing values)."""
     total = 0.0
-    for name in latent_posterior.data_vars:
+    for name in names:
         r = np.asarray(latent_posterior[name].values, dtype="float64")
         with np.errstate(divide="ignore", invalid="ignore"):
             terms = np.where(r > 0, r * np.log(r), 0.0)  # 0 log 0 = 0
@@ -102,7 +103,9 @@ def information_criteria(
     n_obs = int(sum(loglik[v].size for v in loglik.data_vars))
     n_params = problem.n_params
     entropy = (
-        _entropy(idata["latent_posterior"].dataset) if "latent_posterior" in idata.children else 0.0
+        _entropy(idata["latent_posterior"].dataset, [lat.name for lat in problem.latents])
+        if "latent_posterior" in idata.children
+        else 0.0
     )
     bic = -2.0 * log_lik + n_params * np.log(n_obs)
     return pd.Series(

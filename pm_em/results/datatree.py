@@ -14,13 +14,25 @@ from pymc.backends.arviz import coords_and_dims_for_inferencedata, find_constant
 
 from pm_em.reading.problem import EMProblem
 
-__all__ = ["build_datatree"]
+__all__ = ["build_datatree", "support_coords"]
 
 
 def _library_attrs() -> dict:
     from pm_em import __version__
 
     return {"inference_library": "pm_em", "inference_library_version": __version__}
+
+
+def support_coords(latent, coords: dict) -> np.ndarray:
+    """Labels of a latent's support dim: the model's coords when the dim is one of its dims.
+
+    A mixture's latent takes its weights' component dim (e.g. ``"component"``), and then
+    its labels, so that responsibilities line up with the component parameters.
+    """
+    labels = coords.get(latent.support_dim)
+    if labels is not None and len(labels) == latent.support.size:
+        return np.asarray(labels)
+    return latent.support
 
 
 def build_datatree(
@@ -58,7 +70,7 @@ def build_datatree(
             resp,
             dims=(*lat.dims, lat.support_dim),
             coords={
-                lat.support_dim: lat.support,
+                lat.support_dim: support_coords(lat, coords),
                 **{d: coords[d] for d in lat.dims if d in coords},
             },
         )
@@ -85,7 +97,7 @@ def build_datatree(
         log_lik, attrs=attrs, coords=coords, dims={**dims, **log_lik_dims}
     )
 
-    em_stats = _em_stats(problem, best, runs, best_index, attrs)
+    em_stats = _em_stats(problem, best, runs, best_index, attrs, coords)
 
     groups = {
         "posterior": posterior,
@@ -102,7 +114,7 @@ def build_datatree(
     return xr.DataTree.from_dict(groups)
 
 
-def _em_stats(problem, best, runs, best_index, attrs, counts=None) -> xr.Dataset:
+def _em_stats(problem, best, runs, best_index, attrs, model_coords, counts=None) -> xr.Dataset:
     # ``counts``: each latent's expected counts per support value, when the caller has them
     # without the responsibilities (a chunked fit, pm_em.results.chunked); else from them.
     data = {
@@ -128,7 +140,7 @@ def _em_stats(problem, best, runs, best_index, attrs, counts=None) -> xr.Dataset
     for lat, count in zip(problem.latents, counts, strict=True):
         # Expected number of latent elements taking each support value.
         data[f"{lat.name}_count"] = (lat.support_dim, count)
-        coords[lat.support_dim] = lat.support
+        coords[lat.support_dim] = support_coords(lat, model_coords)
     return xr.Dataset(
         {k: xr.Variable(d, np.asarray(v)) for k, (d, v) in data.items()}, coords=coords, attrs=attrs
     )

@@ -32,6 +32,7 @@ from pm_em.engine.estep import EStepResult
 from pm_em.engine.values import compile_missing
 from pm_em.reading.build import build_problem
 from pm_em.reading.problem import EMProblem
+from pm_em.results.datatree import support_coords
 
 __all__ = [
     "compile_to_x",
@@ -80,10 +81,12 @@ def _marginal_model(problem: EMProblem) -> pm.Model:
         graph = graph_replace(graph, {problem.x: x_new, **shared}, strict=False)
         return model_potential(graph, _potential_name(model, name))
 
-    # The E-step's sum over each latent's support, exactly as the E-step computes it.
+    # The E-step's sum over each explicit latent's support, exactly as the E-step computes
+    # it. A marginal mixture is summed out already: it stays as the user wrote it.
     potentials = [
         potential(pt.logsumexp(lat.log_joint, axis=-1).sum(), f"{lat.name}_marginal")
         for lat in problem.latents
+        if lat.mixture_of is None
     ]
     # Keep what the observed-data log posterior takes from the model as it is: the parameters
     # (with their priors), the observed variables no latent touches, potentials on the
@@ -92,6 +95,7 @@ def _marginal_model(problem: EMProblem) -> pm.Model:
     observed_names = {rv.name for rv in model.observed_RVs}
     keep = {p.name for p in problem.params} | set(problem.deterministics)
     keep |= set(problem.prior_terms) | (set(problem.log_lik_rest) & observed_names)
+    keep |= _mixture_variables(problem)
     potentials += [
         potential(term.sum(), f"{name}_marginal")
         for name, term in problem.log_lik_rest.items()
@@ -113,15 +117,27 @@ def _marginal_model(problem: EMProblem) -> pm.Model:
     return marginal
 
 
+def _mixture_variables(problem: EMProblem) -> set[str]:
+    """Return the variables of the marginal mixtures, with PyMC's imputation of their NaN."""
+    mixtures = {lat.name: lat.mixture_of for lat in problem.latents if lat.mixture_of}
+    names = set(mixtures.values())
+    for spec in problem.missing:
+        if spec.latent in mixtures:
+            names |= {spec.unobserved, spec.name}
+    return names
+
+
 def marginalize(model: pm.Model | None = None, *, latent: Sequence[str] | None = None) -> pm.Model:
     """Return ``model`` with its discrete latent variables summed out.
 
     The new model has the same continuous free variables (names, priors, transforms, dims,
     coords), the observed variables that no latent touches, the potentials on the
-    parameters and the Deterministics that do not involve a latent. Each latent ``z``, the
-    observed variables it explains and the potentials on it become one `pm.Potential`
-    ``"<z>_marginal"``: ``sum_i logsumexp_k log p(z_i = k, y_i | θ)``, built from the graph
-    the E-step enumerates, so EM and NUTS on this model target the same density.
+    parameters and the Deterministics that do not involve a latent. Each explicit latent
+    ``z``, the observed variables it explains and the potentials on it become one
+    `pm.Potential` ``"<z>_marginal"``: ``sum_i logsumexp_k log p(z_i = k, y_i | θ)``, built
+    from the graph the E-step enumerates, so EM and NUTS on this model target the same
+    density. Marginal mixtures (`pm.Mixture`, `pm.NormalMixture`, ...) are summed out
+    already and stay as they are, with PyMC's own density.
 
     Parameters
     ----------
@@ -235,7 +251,7 @@ def _latent_groups(
             total / n_total,
             dims=(*lat.dims, lat.support_dim),
             coords={
-                lat.support_dim: lat.support,
+                lat.support_dim: support_coords(lat, coords),
                 **{dim: coords[dim] for dim in lat.dims if dim in coords},
             },
         )
@@ -302,7 +318,9 @@ def sample_marginal(
     """Sample the model with its discrete latents summed out, with `pm.sample` (NUTS).
 
     The sampled model is `marginalize(model, latent=latent)`, whose log density is the one
-    EM maximizes. The result is PyMC's DataTree plus the groups that line it up with
+    EM maximizes; a model whose only latents are marginal mixtures (`pm.Mixture`,
+    `pm.NormalMixture`, zero-inflated and hurdle likelihoods) is already marginal and is
+    sampled as it is. The result is PyMC's DataTree plus the groups that line it up with
     `pm_em.fit`'s result.
 
     Parameters
@@ -342,7 +360,10 @@ def sample_marginal(
     # fit's own key, so that a model already fitted is not compiled again.
     compiled = compile_model(model, latent)
     problem = compiled.problem
-    marginal = _marginal_model(problem)
+    # A model whose only latents are marginal mixtures is sampled as the user wrote it (PyMC's
+    # own mixture density); explicit latents are summed out into a new model.
+    explicit = any(lat.mixture_of is None for lat in problem.latents)
+    marginal = _marginal_model(problem) if explicit else model
     with marginal:
         idata = pm.sample(idata_kwargs=idata_kwargs, **kwargs)
 

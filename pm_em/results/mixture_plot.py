@@ -34,10 +34,11 @@ _REGIONS = (0.25, 0.5, 0.75, 0.95)
 def _pick_latent(em_idata: xr.DataTree, latent: str | None) -> str:
     if "latent_posterior" not in em_idata.children:
         raise ValueError("`em_idata` has no `latent_posterior` group; pass a `pm_em.fit` result.")
+    # Responsibilities, not the imputations of missing values (PyMC's `<name>_unobserved`).
     names = [
         str(v)
-        for v, da in em_idata["latent_posterior"].dataset.data_vars.items()
-        if da.dims and str(da.dims[-1]).endswith("_support")
+        for v in em_idata["latent_posterior"].dataset.data_vars
+        if not str(v).removesuffix("_sd").endswith("_unobserved")
     ]
     if latent is None:
         if len(names) != 1:
@@ -58,6 +59,13 @@ def _observed_of(em_idata: xr.DataTree, name: str, elem_dims: tuple) -> str:
         for v in loglik.data_vars
         if v in observed and tuple(d for d in loglik[v].dims if d not in _SAMPLE) == elem_dims
     ]
+    incomplete = [str(v) for v in loglik.data_vars if f"{v}_observed" in observed]
+    if not candidates and incomplete:
+        raise ValueError(
+            f"Observed variable(s) {incomplete} of latent '{name}' have missing values (PyMC "
+            "keeps only their observed entries in `observed_data`); `plot_mixture` draws "
+            "fully observed data. Plot a fit to the complete rows instead."
+        )
     if len(candidates) != 1:
         raise ValueError(
             f"Latent '{name}' explains {len(candidates)} observed variables with one value per "
