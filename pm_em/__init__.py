@@ -19,6 +19,7 @@ faster, and CVM below (`pm_em.compiling.default_compile_kwargs`). Pass e.g.
 ``./dev bench`` measures them.
 """
 
+from pm_em.distributions import MarkovChain, stationary_distribution
 from pm_em.engine.monitor import ConvergenceMonitor
 from pm_em.exceptions import (
     DegenerateFitError,
@@ -55,6 +56,9 @@ __all__ = [
     "ConvergenceMonitor",
     "EMProblem",
     "build_problem",
+    # Distributions
+    "MarkovChain",
+    "stationary_distribution",
     # Estimation
     "fit",
     # EM beside the full posterior
