@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytensor
-import pytensor.tensor as pt
 from scipy.optimize import minimize
 
 from pm_em.closed_form import ClosedFormPlan, match_closed_form
 from pm_em.compiling import CHECK_MODE, compile_with_data
 from pm_em.engine.accel import EMMap
+from pm_em.engine.chains import expectation_inputs, expected_log_joint, flat_inputs
 from pm_em.engine.estep import LeanEStepResult, compile_estep, compile_lean_estep
 from pm_em.exceptions import EMWarning, warn
 from pm_em.reading.problem import EMProblem
@@ -42,24 +42,23 @@ def compile_q(problem: EMProblem, **compile_kwargs) -> QFunction:
     Q is the expected complete-data log posterior: for each latent, the responsibility-
     weighted joint log density, plus the log likelihood of the observed variables no latent
     touches, plus the log prior. By Fisher's identity, its gradient at ``resp = p(z | y, x)``
-    is the gradient of the observed-data log posterior at ``x``.
+    is the gradient of the observed-data log posterior at ``x``. ``resp`` has one entry per
+    latent: its responsibilities, or for a chain a `ChainExpectations`
+    (`EStepResult.expectations`), whose terms `pm_em.engine.chains.expected_log_joint` adds.
     """
-    resp_vars = [
-        pt.tensor(f"resp_{lat.name}", shape=(None,) * (len(lat.shape) + 1), dtype="float64")
-        for lat in problem.latents
-    ]
+    resp_vars = expectation_inputs(problem)
     q = problem.log_prior
     for lat, resp in zip(problem.latents, resp_vars, strict=True):
-        # 0 · (-inf) must count as 0: an impossible assignment with no responsibility.
-        q = q + pt.switch(resp > 0, resp * lat.log_joint, 0.0).sum()
+        q = q + expected_log_joint(lat, resp)
     for term in problem.log_lik_rest.values():
         q = q + term.sum()
     neg_q = -q
     grad = pytensor.grad(neg_q, problem.x)
-    fn = compile_with_data(problem.model, [problem.x, *resp_vars], [neg_q, grad], **compile_kwargs)
+    inputs = [problem.x, *flat_inputs(resp_vars)]
+    fn = compile_with_data(problem.model, inputs, [neg_q, grad], **compile_kwargs)
 
     def neg_q_and_grad(x: np.ndarray, *resp: np.ndarray) -> tuple[float, np.ndarray]:
-        value, g = fn(x, *resp)
+        value, g = fn(x, *flat_inputs(resp))
         value = float(value)
         if not np.isfinite(value):
             # Outside the support: tell the line search to step back.
@@ -133,18 +132,20 @@ AUTO_NUMBA_SIZE = 250_000
 
 
 def compile_stats(problem: EMProblem, plan: ClosedFormPlan) -> Callable:
-    """Compile ``(x, *resp) -> statistics`` of ``plan`` from given responsibilities."""
-    resp_vars = [
-        pt.tensor(f"resp_{lat.name}", shape=(None,) * (len(lat.shape) + 1), dtype="float64")
-        for lat in problem.latents
-    ]
+    """Compile ``(x, *resp) -> statistics`` of ``plan`` from given responsibilities.
+
+    ``resp`` as in `compile_q`: per latent, responsibilities or a `ChainExpectations`.
+    """
+    resp_vars = expectation_inputs(problem)
     stats = plan.stat_graphs(resp_vars)
     # The statistics from given responsibilities serve starting points and ECM steps:
     # numpy-speed Python-linked ops are enough, and cost no backend compile.
-    fn = compile_with_data(problem.model, [problem.x, *resp_vars], stats, mode=CHECK_MODE)
+    inputs = [problem.x, *flat_inputs(resp_vars)]
+    fn = compile_with_data(problem.model, inputs, stats, mode=CHECK_MODE)
 
     def stats_from_resp(x: np.ndarray, *resp: np.ndarray) -> tuple[np.ndarray, ...]:
-        return tuple(np.asarray(v) for v in fn(np.asarray(x, dtype="float64"), *resp))
+        out = fn(np.asarray(x, dtype="float64"), *flat_inputs(resp))
+        return tuple(np.asarray(v) for v in out)
 
     return stats_from_resp
 
@@ -286,10 +287,13 @@ def build_mstep(
     plan = match_closed_form(problem)
     if plan is None:
         numeric = NumericMStep(neg_q_and_grad)
-        return estep, numeric, EMMap(estep=estep, mstep=lambda x, e: numeric(x, e.resp))
+        return estep, numeric, EMMap(estep=estep, mstep=lambda x, e: numeric(x, e.expectations))
     mstep = ClosedFormMStep(plan, neg_q_and_grad, compile_stats(problem, plan))
-    if not plan.complete:
-        return estep, mstep, EMMap(estep=estep, mstep=lambda x, e: mstep(x, e.resp))
+    # A chain's E-step is forward–backward on the emissions, which the full E-step returns:
+    # the lean E-step (statistics inside one graph) is for independent latents.
+    has_chain = any(lat.coupling == "chain" for lat in problem.latents)
+    if not plan.complete or has_chain:
+        return estep, mstep, EMMap(estep=estep, mstep=lambda x, e: mstep(x, e.expectations))
     log_joints = [plan.log_joint(j) for j in range(len(problem.latents))]
     full_estep = compile_estep(problem, log_joints=log_joints, **compile_kwargs)
     if lean_mode == "auto":
