@@ -43,7 +43,7 @@ class _CategoricalComponents(Block):
 
 def match_categorical(ctx: Context, y: Variable, z: Variable, n_support: int) -> Block | None:
     """Match ``y ~ Categorical(p[z])`` with Dirichlet rows of ``p``, or return None."""
-    if y.type.ndim != 1:
+    if y.type.ndim != z.type.ndim:  # one entry per latent element
         return None
     (p,) = y.owner.op.dist_params(y.owner)
     role = read_role(p, z, ctx.free, n_support)

@@ -72,7 +72,7 @@ class _CountComponents(Block):
 
 
 def _match_count(ctx, y, z, n_support, kind, param, trials) -> Block | None:
-    if y.type.ndim != 1:
+    if y.type.ndim != z.type.ndim:  # one entry per latent element
         return None
     role = read_role(param, z, ctx.free, n_support)
     if role is None or role.kind == "shared":
@@ -102,6 +102,6 @@ def match_binomial(ctx: Context, y: Variable, z: Variable, n_support: int) -> Bl
     if isinstance(y.owner.op, BernoulliRV):
         return _match_count(ctx, y, z, n_support, "binomial", params[0], None)
     trials = constant_value(params[0])
-    if trials is None or trials.ndim > 1:
-        return None
+    if trials is None or trials.ndim > 1 or (trials.ndim and z.type.ndim > 1):
+        return None  # trials per entry of a flattened (sequence, time) latent: not handled
     return _match_count(ctx, y, z, n_support, "binomial", params[1], trials)

@@ -88,7 +88,7 @@ class _MvNormalComponents(Block):
 
 def match_mvnormal(ctx: Context, y: Variable, z: Variable, n_support: int) -> Block | None:
     """Match rows ``y ~ MvNormal(mu[z], cov[z])`` (flat priors claimed), or return None."""
-    if y.type.ndim != 2:
+    if y.type.ndim != z.type.ndim + 1:  # one row per latent element
         return None
     mu_param, cov_param = y.owner.op.dist_params(y.owner)
     mu = read_role(mu_param, z, ctx.free, n_support)

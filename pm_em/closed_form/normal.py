@@ -231,7 +231,7 @@ def _bracketed_root(g: Callable[[float], float], t0: float) -> float | None:
 
 def match_normal(ctx: Context, y: Variable, z: Variable, n_support: int) -> Block | None:
     """Match ``y ~ Normal(mu[z], sigma[z])`` (or a shared / constant parameter), or return None."""
-    if y.type.ndim != 1:
+    if y.type.ndim != z.type.ndim:  # one entry per latent element
         return None
     mu_param, sigma_param = y.owner.op.dist_params(y.owner)
     mu = read_role(mu_param, z, ctx.free, n_support)

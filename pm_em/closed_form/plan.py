@@ -15,8 +15,9 @@ from pm_em.closed_form.block import Block, Context
 from pm_em.closed_form.graph import NoMatch
 from pm_em.closed_form.registry import COMPONENTS
 from pm_em.closed_form.transforms import to_unconstrained
+from pm_em.closed_form.transitions import emission_weights, match_chain
 from pm_em.closed_form.weights import match_weights
-from pm_em.reading.problem import EMProblem
+from pm_em.reading.problem import ChainExpectations, EMProblem
 
 __all__ = ["ClosedFormPlan", "match_closed_form"]
 
@@ -123,8 +124,10 @@ class ClosedFormPlan:
     ) -> list[Variable]:
         """Statistics of every block, then the current values of every variable read.
 
-        ``resps`` holds the (n, K) responsibilities of every latent of the problem;
-        ``unrolled`` the statistics already computed by `unrolled_terms`, per latent index.
+        ``resps`` holds the (n, K) responsibilities of every latent of the problem (a
+        `ChainExpectations` for a chain: its blocks of P and p0 take it whole, its emission
+        blocks the smoothed marginals as (n, K) responsibilities); ``unrolled`` the
+        statistics already computed by `unrolled_terms`, per latent index.
         """
         values = self.problem.constrained
         unrolled = unrolled or {}
@@ -133,8 +136,13 @@ class ClosedFormPlan:
             if lp.latent_index in unrolled:
                 out.extend(unrolled[lp.latent_index])
                 continue
+            resp = resps[lp.latent_index]
             for block in lp.blocks:
-                out.extend(block.stats(resps[lp.latent_index], values))
+                weights = resp
+                if isinstance(resp, ChainExpectations) and not block.takes_chain:
+                    n_support = self.problem.latents[lp.latent_index].support.size
+                    weights = emission_weights(resp, n_support)
+                out.extend(block.stats(weights, values))
         out.extend(pt.as_tensor(values[name]).astype("float64") for name in self.reads)
         return out
 
@@ -222,6 +230,9 @@ def match_closed_form(problem: EMProblem) -> ClosedFormPlan | None:
     latents = []
     for j, lat in enumerate(problem.latents):
         z = model[lat.name]
+        if lat.coupling == "chain":  # p0, P and the emissions: closed_form.transitions
+            latents.append(_LatentPlan(j, *match_chain(ctx, lat, z)))
+            continue
         if len(lat.shape) != 1 or not isinstance(z.owner.op, CategoricalRV):
             continue
         n_support = lat.support.size
