@@ -53,15 +53,18 @@ def build_datatree(
     )
 
     lat_vars = {}
-    for lat, resp in zip(problem.latents, e.resp, strict=True):
+    chains = e.chains or (None,) * len(problem.latents)
+    for lat, resp, chain in zip(problem.latents, e.resp, chains, strict=True):
+        elem_coords = {d: coords[d] for d in lat.dims if d in coords}
         lat_vars[lat.name] = xr.DataArray(
             resp,
             dims=(*lat.dims, lat.support_dim),
-            coords={
-                lat.support_dim: lat.support,
-                **{d: coords[d] for d in lat.dims if d in coords},
-            },
+            coords={lat.support_dim: lat.support, **elem_coords},
         )
+        if chain is not None:  # a chain's most probable path (Viterbi)
+            lat_vars[f"{lat.name}_viterbi"] = xr.DataArray(
+                chain.viterbi, dims=lat.dims, coords=elem_coords
+            )
     for spec in problem.missing:
         mean, sd = missing_values[spec.name]
         dim_coords = {
@@ -118,13 +121,23 @@ def _em_stats(problem, best, runs, best_index, attrs) -> xr.Dataset:
         "restart_status": ("restart", np.array([r.status for r in runs], dtype=str)),
     }
     coords = {"iteration": np.arange(len(best.log_posterior)), "restart": np.arange(len(runs))}
-    for lat, resp in zip(problem.latents, best.estep.resp, strict=True):
+    chains = best.estep.chains or (None,) * len(problem.latents)
+    for lat, resp, chain in zip(problem.latents, best.estep.resp, chains, strict=True):
         # Expected number of latent elements taking each support value.
         data[f"{lat.name}_count"] = (
             lat.support_dim,
             resp.reshape(-1, lat.support.size).sum(axis=0),
         )
         coords[lat.support_dim] = lat.support
+        if chain is not None:
+            # A chain's expected transition counts (summed over sequences), and the entropy
+            # of its posterior over whole paths (for ICL).
+            from_dim = f"{lat.support_dim}_from"
+            k = lat.support.size
+            counts = chain.expectations.transitions.reshape(-1, k, k).sum(axis=0)
+            data[f"{lat.name}_transitions"] = ((from_dim, lat.support_dim), counts)
+            data[f"{lat.name}_path_entropy"] = ((), chain.entropy)
+            coords[from_dim] = lat.support
     return xr.Dataset(
         {k: xr.Variable(d, np.asarray(v)) for k, (d, v) in data.items()}, coords=coords, attrs=attrs
     )
