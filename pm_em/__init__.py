@@ -39,6 +39,7 @@ from pm_em.results.compare import align_components, compare
 from pm_em.results.criteria import information_criteria
 from pm_em.results.laplace import laplace
 from pm_em.results.marginal import marginalize, sample_marginal
+from pm_em.results.plot_states import plot_states
 from pm_em.results.plots import plot_convergence, plot_em_posterior, plot_mixture
 
 __version__ = "0.1.0"
@@ -72,5 +73,6 @@ __all__ = [
     "plot_convergence",
     "plot_em_posterior",
     "plot_mixture",
+    "plot_states",
     "sample_marginal",
 ]

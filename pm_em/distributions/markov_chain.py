@@ -107,7 +107,8 @@ class MarkovChainRV(SymbolicRandomVariable):
             # The row of P for each sequence's previous state: (*batch, K).
             p = pt.take_along_axis(P_b, prev[..., None, None], axis=-2)[..., 0, :]
             next_rng, state = pm.Categorical.dist(p=p, rng=old_rng, return_next_rng=True)
-            return state, next_rng
+            # The recurrent state keeps the initial state's static shape (e.g. a batch of 1).
+            return prev.type.filter_variable(state), next_rng
 
         states, next_rng = pytensor.scan(
             step,
@@ -191,6 +192,12 @@ class MarkovChain(Distribution):
                 f"MarkovChain needs a transition matrix `P` of shape (..., K, K); got a "
                 f"{P.type.ndim}-dimensional P."
             )
+        rows, cols = P.type.shape[-2:]
+        if rows is not None and cols is not None and rows != cols:
+            raise ValueError(
+                f"MarkovChain's transition matrix `P` must be square (K, K), one row and one "
+                f"column per state; got shape {P.type.shape}."
+            )
         steps = get_support_shape_1d(
             support_shape=steps, shape=kwargs.get("shape"), support_shape_offset=1
         )
@@ -242,7 +249,7 @@ def _support_point_chain(op, rv, P, steps, init_dist, rng):
 
     def step(prev, P_b):
         row = pt.take_along_axis(P_b, prev[..., None, None], axis=-2)[..., 0, :]
-        return pt.argmax(row, axis=-1).astype(prev.dtype)
+        return prev.type.filter_variable(pt.argmax(row, axis=-1).astype(prev.dtype))
 
     states = pytensor.scan(
         step, outputs_info=[init], non_sequences=[P_batched], n_steps=steps, return_updates=False

@@ -2,7 +2,7 @@
 
 The E-step's compiled graph returns a chain's inputs (emissions (*batch, T, K), log initial
 probabilities, log P); `smooth` runs forward–backward on them
-(`pm_em.engine.forward_backward`) and returns what an independent latent's E-step returns
+(`pm_em.distributions.forward_backward`) and returns what an independent latent's E-step returns
 (the smoothed marginals as responsibilities, log p(y_t | y_<t) per step as the pointwise log
 marginal) plus a `ChainPosterior`: the expectations the M-step needs, the log likelihood per
 sequence, and, computed only when the results ask, the Viterbi path and the path entropy.
@@ -22,7 +22,7 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
 
-from pm_em.engine.forward_backward import forward_backward, viterbi
+from pm_em.distributions.forward_backward import forward_backward, viterbi
 from pm_em.reading.problem import ChainExpectations, EMProblem, Latent
 
 __all__ = [

@@ -134,11 +134,6 @@ def build_chain(ctx, draft: LatentDraft) -> tuple[Latent, list[Term]]:
     name = z.name
     P, _, p = chain_parts(z)
     n_states = _constant_int(P.shape[-1], "number of states (the last axis of P)", name)
-    if _constant_int(P.shape[-2], "number of rows of P", name) != n_states:
-        raise ValueError(
-            f"The transition matrix of chain '{name}' is not square: its last two axes must "
-            f"both have the number of states, K = {n_states}."
-        )
     support = np.arange(n_states)
     zv = model.rvs_to_values[z]
     z_shape = tuple(np.shape(ctx.point[zv.name]))
@@ -220,6 +215,11 @@ def _check_stochastic(problem: EMProblem, spec: Latent) -> None:
     for attempt in range(4):
         x = start if attempt == 0 else start + rng.normal(0.0, 0.5, size=start.shape)
         trans, init = (np.asarray(v) for v in fn(x))
+        if trans.shape[-2] != trans.shape[-1]:
+            raise ValueError(
+                f"The transition matrix of chain '{spec.name}' ('{P_name}') is not square: "
+                f"shape {trans.shape}; its last two axes must both be the K states."
+            )
         for what, value in (("transition matrix", trans), ("initial distribution", init)):
             bad = _not_stochastic(value)
             if bad is None:

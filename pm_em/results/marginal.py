@@ -2,9 +2,9 @@
 
 `marginalize` rewrites a PyMC model so that each discrete latent and the observed variables
 it explains are replaced by one `pm.Potential` holding the latent's observed-data log
-likelihood, `pm_em.reading.problem.Latent.log_marginal_graph`: ``sum_i logsumexp_k
-log_joint[i, k]`` over the very graph the E-step enumerates, or for a Markov chain the
-forward algorithm over the same emissions.
+likelihood, `pm_em.reading.problem.Latent.log_likelihood_graph`: ``sum_i logsumexp_k
+log_joint[i, k]`` over the very graph the E-step enumerates, or for a Markov chain
+forward–backward over the same emissions (whose gradient is the smoothed expectations).
 EM and NUTS therefore target one density: the marginal model's ``logp(jacobian=False)`` is
 the observed-data log posterior that EM maximizes.
 
@@ -78,7 +78,7 @@ def _marginal_model(problem: EMProblem) -> pm.Model:
     # Each latent summed out as the E-step does: its support enumerated (the forward
     # algorithm for a chain).
     potentials = [
-        potential(lat.log_marginal_graph().sum(), f"{lat.name}_marginal") for lat in problem.latents
+        potential(lat.log_likelihood_graph(), f"{lat.name}_marginal") for lat in problem.latents
     ]
     # Keep what the observed-data log posterior takes from the model as it is: the parameters
     # (with their priors), the observed variables no latent touches, potentials on the

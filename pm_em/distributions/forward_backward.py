@@ -17,7 +17,8 @@ Two kernels compute the same quantities:
 Every sequence runs the scaled kernel; if its smoothed marginals are not finite or do not sum
 to 1 (to 1e-8) at some step, the sequence is redone in log space, so an extreme model (an
 unreachable best state next to an outlier) costs time, never accuracy. Memory: the outputs
-plus O(T) per sequence; the emissions are not modified.
+plus O(T) per sequence, allocated in Python (so that tracemalloc sees it); the emissions
+are not modified.
 
 Shapes: ``log_emission`` (S, T, K) over S sequences; ``log_init`` (S, K) or (1, K);
 ``trans`` (S, K, K) or (1, K, K) holds P itself (not its log) for forward–backward.
@@ -38,15 +39,16 @@ _TINY = 1e-280
 
 
 @numba.njit(cache=True, nogil=True)
-def _scaled(log_init, trans, log_b, gamma, xi, log_steps, with_entropy):  # pragma: no cover
+def _scaled(
+    log_init, trans, log_b, gamma, xi, log_steps, shift, scale, with_entropy
+):  # pragma: no cover
     """Run the scaled forward–backward of one sequence; return (ok, entropy).
 
     ``gamma`` first holds the normalized filter f_t = p(z_t | y_≤t), then γ_t = f_t ⊙ β̂_t with
-    the scaled backward message β̂_t = p(y_>t | z_t) / p(y_>t | y_≤t).
+    the scaled backward message β̂_t = p(y_>t | z_t) / p(y_>t | y_≤t). ``shift`` and
+    ``scale`` (length ≥ T) are workspace: each step's emission shift and normalizer.
     """
     n_steps, n_states = log_b.shape
-    shift = np.empty(n_steps)
-    scale = np.empty(n_steps)
     pred = np.empty(n_states)
     ok = True
     for t in range(n_steps):
@@ -192,10 +194,12 @@ def _log_space(log_init, trans, log_b, gamma, xi, log_steps, with_entropy):  # p
 
 
 @numba.njit(cache=True, nogil=True)
-def _viterbi(log_init, log_trans, log_b, path):  # pragma: no cover
-    """Write the most probable path of one sequence into ``path``; return its log joint."""
+def _viterbi(log_init, log_trans, log_b, path, back):  # pragma: no cover
+    """Write the most probable path of one sequence into ``path``; return its log joint.
+
+    ``back`` (T, K) is workspace: the best predecessor of each state at each step.
+    """
     n_steps, n_states = log_b.shape
-    back = np.zeros((n_steps, n_states), dtype=np.int32)
     delta = np.empty(n_states)
     new = np.empty(n_states)
     for j in range(n_states):
@@ -279,10 +283,11 @@ def forward_backward(
     xi = np.zeros((n_seq, n_states, n_states))
     log_steps = np.empty((n_seq, n_steps))
     ent = np.zeros(n_seq) if entropy else None
+    shift, scale = np.empty(n_steps), np.empty(n_steps)  # workspace, reused per sequence
     n_log = 0
     for s in range(n_seq):
         li, tr = log_init[min(s, log_init.shape[0] - 1)], trans[min(s, trans.shape[0] - 1)]
-        ok, h = _scaled(li, tr, log_b[s], gamma[s], xi[s], log_steps[s], entropy)
+        ok, h = _scaled(li, tr, log_b[s], gamma[s], xi[s], log_steps[s], shift, scale, entropy)
         if not ok:
             n_log += 1
             xi[s] = 0.0
@@ -318,8 +323,9 @@ def viterbi(
     log_trans = np.ascontiguousarray(log_trans, dtype="float64")
     path = np.zeros((n_seq, n_steps), dtype=np.int64)
     best = np.empty(n_seq)
+    back = np.zeros((n_steps, log_b.shape[-1]), dtype=np.int32)  # workspace, per sequence
     for s in range(n_seq):
         li = log_init[min(s, log_init.shape[0] - 1)]
         lt = log_trans[min(s, log_trans.shape[0] - 1)]
-        best[s] = _viterbi(li, lt, log_b[s], path[s])
+        best[s] = _viterbi(li, lt, log_b[s], path[s], back)
     return path, best
