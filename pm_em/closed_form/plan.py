@@ -88,6 +88,25 @@ class ClosedFormPlan:
         terms = [b.log_density(values) for b in lp.blocks]
         return pt.add(*(pt.as_tensor(t).astype("float64") for t in terms))
 
+    def emission_log_joint(self, latent_index: int) -> Variable | None:
+        """Return a chain latent's emissions, (*shape, K), from broadcasts; None if unmatched.
+
+        Every dependent must have been recognized (the blocks after P's, see
+        `closed_form.transitions.match_chain`).
+        """
+        lat = self.problem.latents[latent_index]
+        matches = [lp for lp in self.latents if lp.latent_index == latent_index]
+        if lat.coupling != "chain" or not matches:
+            return None
+        emissions = matches[0].components[1:]
+        if not emissions or any(b is None for b in emissions):
+            return None
+        values = self.problem.constrained
+        n_support = lat.support.size
+        total = pt.add(*(pt.as_tensor(b.log_density(values)).astype("float64") for b in emissions))
+        n = int(np.prod(lat.shape))
+        return pt.broadcast_to(total, (n, n_support)).reshape((*lat.shape, n_support))
+
     def unrolled_terms(self, latent_index: int) -> tuple[Variable, list[Variable]] | None:
         """Return the log marginal (n,) and the statistics, computed component by component.
 

@@ -30,6 +30,10 @@ from pm_em.reading.problem import Latent
 
 __all__ = ["match_chain"]
 
+# Smallest probability an update gives a row entry (relative to the row's total): a
+# maximizer on the simplex's boundary, kept in the interior where transforms are finite.
+_FLOOR = 1e-300
+
 
 def _sum_to(stat: Variable, shape: tuple[int, ...]) -> Variable:
     """Sum a per-sequence statistic (*batch, *core) over the batch axes ``shape`` lacks."""
@@ -57,10 +61,14 @@ class _DirichletRows(Block):
     def update(self, stats, current):
         (counts,) = stats
         numerator = counts + self.alpha - 1.0
-        # A count below 1 - a puts the mode on the simplex's boundary, where the
-        # unconstrained value is infinite: no interior closed form, the numeric step decides.
-        if not np.all(numerator > 0):
+        # A negative coefficient (a < 1 and too few counts) makes the density unbounded at
+        # the simplex's boundary: no mode, the numeric step decides.
+        if not np.all(numerator >= 0) or not np.all(numerator.sum(axis=-1) > 0):
             return None
+        # A zero coefficient (a = 1 and no expected count: the start of one sequence, a
+        # transition never taken) puts the maximizer on the boundary, where the unconstrained
+        # value is infinite. `_FLOOR` keeps it finite; Q moves by at most _FLOOR · 690.
+        numerator = np.maximum(numerator, _FLOOR * numerator.sum(axis=-1, keepdims=True))
         return {self.name: numerator / numerator.sum(axis=-1, keepdims=True)}
 
 

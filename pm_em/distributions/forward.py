@@ -21,12 +21,15 @@ Structural zeros of P (and of the initial distribution) are legal: their logs ar
 the double ``switch`` keeps the gradient finite.
 """
 
+import warnings
+
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
 from pytensor.gradient import grad_not_implemented
 from pytensor.graph.basic import Apply, Variable
 from pytensor.graph.op import Op
+from pytensor.link.numba.dispatch.basic import generate_fallback_impl, numba_funcify
 
 from pm_em.distributions.forward_backward import forward_backward
 
@@ -204,3 +207,23 @@ def hmm_log_likelihood(log_init, log_trans, log_emission) -> Variable:
     -3.3725
     """
     return _LogLikelihood()(log_init, log_trans, log_emission)
+
+
+def object_mode_in_numba(*ops: type) -> None:
+    """Let PyTensor's Numba backend call these Ops' ``perform`` without its warning.
+
+    Their ``perform`` already runs compiled Numba kernels (or cheap numpy), so object mode
+    costs one Python call per evaluation; PyTensor's generic fallback would do the same but
+    warn that it is slow.
+    """
+
+    def quiet(op, node, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Numba will use object mode", UserWarning)
+            return generate_fallback_impl(op, node, **kwargs)
+
+    for op in ops:
+        numba_funcify.register(op)(quiet)
+
+
+object_mode_in_numba(_LogLikelihood, _Expectations)

@@ -10,7 +10,8 @@ Two kernels compute the same quantities:
 
 - the **scaled** recursion (Rabiner's scaling, with each step's emissions shifted by their
   largest value among the reachable states): probability-space messages normalized every
-  step, one ``exp`` per entry and one ``log`` per step; about as fast as hmmlearn's C++;
+  step, one ``exp`` per entry and one ``log`` per step, and a backward pass in filter form
+  that needs no emissions; about as fast as hmmlearn's C++;
 - the **log-space** recursion (normalized log filter, as `pm_em.distributions.forward`),
   several times slower, which cannot underflow.
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-__all__ = ["ForwardBackward", "forward_backward", "viterbi"]
+__all__ = ["ForwardBackward", "forward_backward", "viterbi", "weighted_sum"]
 
 # Largest deviation of a smoothed marginal's sum from 1 that the scaled kernel may leave; in
 # exact arithmetic the sums are 1, and round-off leaves ~K · 1e-16.
@@ -39,14 +40,13 @@ _TINY = 1e-280
 
 
 @numba.njit(cache=True, nogil=True)
-def _scaled(
-    log_init, trans, log_b, gamma, xi, log_steps, shift, scale, with_entropy
-):  # pragma: no cover
+def _scaled(log_init, trans, log_b, gamma, xi, log_steps, with_entropy):  # pragma: no cover
     """Run the scaled forward–backward of one sequence; return (ok, entropy).
 
-    ``gamma`` first holds the normalized filter f_t = p(z_t | y_≤t), then γ_t = f_t ⊙ β̂_t with
-    the scaled backward message β̂_t = p(y_>t | z_t) / p(y_>t | y_≤t). ``shift`` and
-    ``scale`` (length ≥ T) are workspace: each step's emission shift and normalizer.
+    Forward: ``gamma`` holds the normalized filter f_t = p(z_t | y_≤t). Backward, in filter
+    form (no emissions needed): with the one-step prediction π_{t+1} = f_t P,
+    γ_t[i] = f_t[i] Σ_j P_ij γ_{t+1}[j] / π_{t+1}[j] and ξ_t[i, j] = f_t[i] P_ij γ_{t+1}[j] /
+    π_{t+1}[j], overwriting the filter with the smoothed marginals.
     """
     n_steps, n_states = log_b.shape
     pred = np.empty(n_states)
@@ -60,6 +60,8 @@ def _scaled(
                 for i in range(n_states):
                     s += gamma[t - 1, i] * trans[i, j]
                 pred[j] = s
+        # Shift by the best emission among the reachable states (so that one of them has
+        # weight 1: no underflow of the whole step unless every path is impossible).
         m = -np.inf
         for j in range(n_states):
             if pred[j] > 0.0 and log_b[t, j] > m:
@@ -71,8 +73,6 @@ def _scaled(
             v = pred[j] * np.exp(log_b[t, j] - m) if pred[j] > 0.0 else 0.0
             gamma[t, j] = v
             c += v
-        shift[t] = m
-        scale[t] = c
         log_steps[t] = m + np.log(c) if c > 0.0 else -np.inf
         if 0.0 < c < _TINY:
             ok = False  # a subnormal normalizer has lost digits: redo in log space
@@ -84,36 +84,35 @@ def _scaled(
     if not ok:
         return False, 0.0
     # H(z | y) = H(z_0 | y) + Σ_t H(z_{t+1} | z_t, y), with p(z_{t+1} = j | z_t = i, y) =
-    # P_ij e_j / β̂_t[i] in the notation below.
+    # P_ij e_j / β_t[i] in the notation below.
     entropy = 0.0
-    beta = np.ones(n_states)
-    beta_next = np.ones(n_states)
+    beta = np.empty(n_states)
     e = np.empty(n_states)
     for t in range(n_steps - 2, -1, -1):
         for j in range(n_states):
-            if gamma[t + 1, j] > 0.0:
-                e[j] = np.exp(log_b[t + 1, j] - shift[t + 1]) * beta_next[j] / scale[t + 1]
-            else:
-                e[j] = 0.0
+            s = 0.0
+            for i in range(n_states):
+                s += gamma[t, i] * trans[i, j]
+            e[j] = gamma[t + 1, j] / s if s > 0.0 else 0.0
         total = 0.0
         for i in range(n_states):
+            f = gamma[t, i]
             s = 0.0
             for j in range(n_states):
-                s += trans[i, j] * e[j]
+                x = trans[i, j] * e[j]
+                s += x
+                xi[i, j] += f * x
             beta[i] = s
-        for i in range(n_states):
-            f = gamma[t, i]
-            for j in range(n_states):
-                x = f * trans[i, j] * e[j]
-                xi[i, j] += x
-                if with_entropy and x > 0.0:
-                    entropy -= x * np.log(trans[i, j] * e[j] / beta[i])
-            gamma[t, i] = f * beta[i]
+            gamma[t, i] = f * s
             total += gamma[t, i]
+        if with_entropy:
+            for i in range(n_states):
+                for j in range(n_states):
+                    x = gamma[t, i] * trans[i, j] * e[j] / beta[i] if beta[i] > 0.0 else 0.0
+                    if x > 0.0:
+                        entropy -= x * np.log(trans[i, j] * e[j] / beta[i])
         if not (abs(total - 1.0) <= _SUM_TOL):
             ok = False
-        for i in range(n_states):
-            beta_next[i] = beta[i]
     if with_entropy:
         for i in range(n_states):
             g = gamma[0, i]
@@ -225,6 +224,25 @@ def _viterbi(log_init, log_trans, log_b, path, back):  # pragma: no cover
     return best
 
 
+@numba.njit(cache=True, nogil=True)
+def _weighted_sum(weights, log_b):  # pragma: no cover
+    total = 0.0
+    for s in range(weights.shape[0]):
+        for t in range(weights.shape[1]):
+            for k in range(weights.shape[2]):
+                if weights[s, t, k] > 0.0:
+                    total += weights[s, t, k] * log_b[s, t, k]
+    return total
+
+
+def weighted_sum(weights: np.ndarray, log_b: np.ndarray) -> float:
+    """Return Σ weights · log_b over entries of positive weight (0 · -inf counts as 0).
+
+    Both of shape (S, T, K), any memory layout; no temporary array.
+    """
+    return float(_weighted_sum(np.asarray(weights, "float64"), np.asarray(log_b, "float64")))
+
+
 @dataclass(frozen=True)
 class ForwardBackward:
     """Smoothed expectations of S sequences.
@@ -275,19 +293,20 @@ def forward_backward(
     -------
     ForwardBackward
     """
-    log_b = np.ascontiguousarray(log_emission, dtype="float64")
+    # Any memory layout: the emissions often come as a transposed view, and a contiguous
+    # copy would be one more (T, K) array.
+    log_b = np.asarray(log_emission, dtype="float64")
     n_seq, n_steps, n_states = log_b.shape
     log_init = np.ascontiguousarray(log_init, dtype="float64")
     trans = np.ascontiguousarray(trans, dtype="float64")
-    gamma = np.empty_like(log_b)
+    gamma = np.empty(log_b.shape)  # C order, whatever the emissions' layout
     xi = np.zeros((n_seq, n_states, n_states))
     log_steps = np.empty((n_seq, n_steps))
     ent = np.zeros(n_seq) if entropy else None
-    shift, scale = np.empty(n_steps), np.empty(n_steps)  # workspace, reused per sequence
     n_log = 0
     for s in range(n_seq):
         li, tr = log_init[min(s, log_init.shape[0] - 1)], trans[min(s, trans.shape[0] - 1)]
-        ok, h = _scaled(li, tr, log_b[s], gamma[s], xi[s], log_steps[s], shift, scale, entropy)
+        ok, h = _scaled(li, tr, log_b[s], gamma[s], xi[s], log_steps[s], entropy)
         if not ok:
             n_log += 1
             xi[s] = 0.0

@@ -28,9 +28,12 @@ from pymc.logprob.abstract import _logprob
 from pymc.logprob.basic import logp
 from pymc.pytensorf import intX
 from pymc.util import check_dist_not_registered
-from pytensor.graph.basic import Variable
+from pytensor.graph.basic import Apply, Variable
+from pytensor.graph.op import Op
 from pytensor.tensor.random.basic import CategoricalRV
 from pytensor.tensor.variable import TensorVariable
+
+from pm_em.distributions.forward import object_mode_in_numba
 
 __all__ = ["MarkovChain", "MarkovChainRV", "stationary_distribution"]
 
@@ -239,22 +242,46 @@ def _change_size(op, dist, new_size, expand=False):
     return MarkovChain.rv_op(P, steps, init_dist, init_kind=op.init_kind, size=new_size)
 
 
+class _GreedyPath(Op):
+    """(successor (*batch, K), first (*batch,), steps) -> z_t = g^t(z_0), (*batch, steps + 1).
+
+    ``g(i) = successor[..., i]``. By doubling, g^t = Π g^(2^b) over the bits b of t: log2(T)
+    vectorized gathers in numpy, where a T-step scan costs seconds at T = 1e5 (and the
+    initial point is computed for every fit).
+    """
+
+    __props__ = ()
+
+    def make_node(self, successor, first, steps):
+        successor, first = pt.as_tensor_variable(successor), pt.as_tensor_variable(first)
+        steps = pt.as_tensor_variable(steps)
+        out = pt.tensor(dtype=first.dtype, shape=(*first.type.shape, None))
+        return Apply(self, [successor, first, steps], [out])
+
+    def perform(self, node, inputs, outputs):
+        successor, first, steps = inputs
+        power = np.array(successor, dtype=np.int64)  # g^(2^bit): (*batch, K)
+        t = np.arange(int(steps) + 1)
+        state = np.repeat(np.asarray(first, dtype=np.int64)[..., None], t.size, axis=-1)
+        for bit in range(max(int(steps), 1).bit_length()):
+            move = ((t >> bit) & 1).astype(bool)
+            state[..., move] = np.take_along_axis(power, state[..., move], axis=-1)
+            power = np.take_along_axis(power, power, axis=-1)
+        outputs[0][0] = state.astype(node.outputs[0].dtype)
+
+
+object_mode_in_numba(_GreedyPath)
+
+
 @_support_point.register(MarkovChainRV)
 def _support_point_chain(op, rv, P, steps, init_dist, rng):
-    # A path of positive probability: the mode of the first state, then the likeliest
-    # next state each step.
-    init = support_point(init_dist)  # (*batch,)
+    # A path of positive probability: the mode of the first state, then the likeliest next
+    # state each step.
+    first = support_point(init_dist)  # (*batch,)
     n_states = P.shape[-1]
-    P_batched = pt.broadcast_to(P, (*tuple(init.shape), n_states, n_states))
-
-    def step(prev, P_b):
-        row = pt.take_along_axis(P_b, prev[..., None, None], axis=-2)[..., 0, :]
-        return prev.type.filter_variable(pt.argmax(row, axis=-1).astype(prev.dtype))
-
-    states = pytensor.scan(
-        step, outputs_info=[init], non_sequences=[P_batched], n_steps=steps, return_updates=False
-    )
-    return pt.moveaxis(pt.concatenate([init[None], states], axis=0), 0, -1)
+    batch = tuple(first.shape)
+    successor = pt.argmax(pt.broadcast_to(P, (*batch, n_states, n_states)), axis=-1)
+    return _GreedyPath()(successor, first.astype(rv.dtype), steps)
 
 
 @_logprob.register(MarkovChainRV)

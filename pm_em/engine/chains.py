@@ -22,7 +22,7 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
 
-from pm_em.distributions.forward_backward import forward_backward, viterbi
+from pm_em.distributions.forward_backward import forward_backward, viterbi, weighted_sum
 from pm_em.reading.problem import ChainExpectations, EMProblem, Latent
 
 __all__ = [
@@ -83,22 +83,36 @@ class ChainPosterior:
 
     @cached_property
     def entropy(self) -> float:
-        """The entropy of p(z | y) over whole paths (summed over sequences), in nats."""
+        """The entropy of p(z | y) over whole paths (summed over sequences), in nats.
+
+        H = log p(y) − E[log p(z, y)]: the log likelihood less the expected complete-data
+        log density, from the expectations already at hand (no second forward–backward).
+        """
         emission, log_init, log_trans = _sequences(self.latent, *self.inputs_at())
-        with np.errstate(under="ignore"):
-            fb = forward_backward(log_init, np.exp(log_trans), emission, entropy=True)
-        return float(fb.entropy.sum())
+        k = self.latent.support.size
+        expect = self.expectations
+        resp = expect.resp.reshape(emission.shape)
+
+        def weighted(w, log_density):  # 0 · (-inf) counts as 0
+            with np.errstate(invalid="ignore"):
+                return float(np.where(w > 0, w * log_density, 0.0).sum())
+
+        expected = weighted_sum(resp, emission)
+        expected += weighted(expect.transitions.reshape(-1, k, k), log_trans)
+        expected += weighted(expect.initial.reshape(-1, k), log_init)
+        return float(self.log_likelihood.sum()) - expected
 
 
 def smooth(
     lat: Latent, emission, log_init, log_trans, inputs_at: Callable
-) -> tuple[np.ndarray, np.ndarray, ChainPosterior]:
+) -> tuple[None, np.ndarray, ChainPosterior]:
     """Forward–backward on one chain latent's arrays.
 
     Returns
     -------
-    log_resp : ndarray of shape (*shape, K)
-        log of the smoothed marginals (-inf where a state is impossible).
+    log_resp : None
+        Not computed: every iteration needs the marginals, not their logs
+        (`EStepResult.with_log_resp` fills them in where needed).
     log_marginal : ndarray of shape ``lat.shape``
         log p(y_t | y_<t) per time step; each sequence's sum is its log likelihood.
     posterior : ChainPosterior
@@ -108,8 +122,6 @@ def smooth(
         fb = forward_backward(log_init, np.exp(log_trans), emission)
     batch, n_states = lat.shape[:-1], lat.support.size
     resp = fb.resp.reshape(*lat.shape, n_states)
-    with np.errstate(divide="ignore"):
-        log_resp = np.log(resp)
     expectations = ChainExpectations(
         resp=resp,
         transitions=fb.transitions.reshape(*batch, n_states, n_states),
@@ -122,7 +134,7 @@ def smooth(
         n_log_space=fb.n_log_space,
         inputs_at=inputs_at,
     )
-    return log_resp, fb.log_steps.reshape(lat.shape), posterior
+    return None, fb.log_steps.reshape(lat.shape), posterior
 
 
 # ------------------------------------------------------------------------------- M-step

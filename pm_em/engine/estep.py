@@ -15,13 +15,15 @@ Both compile with the data as inputs (`pm_em.compiling.compile_with_data`).
 
 A chain latent (``coupling="chain"``) is smoothed, not normalized: the compiled call returns
 its emissions, log initial probabilities and log P, and forward–backward runs on them
-(`pm_em.engine.chains`). Its entries of `EStepResult` then mean: ``log_resp`` the log
-smoothed marginals log p(z_t = k | y), ``log_marginal`` log p(y_t | y_<t) per time step
-(summing to the log likelihood), and ``chains`` its `ChainPosterior`.
+(`pm_em.engine.chains`). Its entries of `EStepResult` then mean: ``resp`` the smoothed
+marginals p(z_t = k | y), ``log_resp`` None (the logs are computed on request,
+`EStepResult.with_log_resp`: one (T, K) array less per result), ``log_marginal``
+log p(y_t | y_<t) per time step (summing to the log likelihood), and ``chains`` its
+`ChainPosterior`.
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -46,8 +48,8 @@ class EStepResult:
 
     Attributes
     ----------
-    log_resp : tuple of ndarray, each of shape (*latent.shape, n_support)
-        log p(z_i = k | y, θ) per latent.
+    log_resp : tuple of (ndarray or None), each of shape (*latent.shape, n_support)
+        log p(z_i = k | y, θ) per latent; None for a chain latent (see `with_log_resp`).
     log_marginal : tuple of ndarray, each of shape latent.shape
         log p(y_i | θ) with z_i summed out (including z_i's own prior term), per latent.
     log_lik_rest : tuple of ndarray
@@ -86,6 +88,17 @@ class EStepResult:
             np.exp(lr, order="C") if chain is None else chain.expectations.resp
             for lr, chain in zip(self.log_resp, chains, strict=True)
         )
+
+    def with_log_resp(self) -> "EStepResult":
+        """Return this result with the chains' log smoothed marginals filled in."""
+        if all(lr is not None for lr in self.log_resp):
+            return self
+        with np.errstate(divide="ignore"):
+            log_resp = tuple(
+                np.log(r) if lr is None else lr
+                for lr, r in zip(self.log_resp, self.resp, strict=True)
+            )
+        return replace(self, log_resp=log_resp)
 
     @property
     def expectations(self) -> tuple:

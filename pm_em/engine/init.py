@@ -202,4 +202,5 @@ def initial_x(
     at_base = estep(x0)
     method = "random" if init == "random" else "kmeans"
     # A chain's soft labels become expectations with transitions between consecutive steps.
-    return mstep(x0, start_expectations(problem, start_resp(problem, at_base, rng, method)))
+    resps = start_resp(problem, at_base.with_log_resp(), rng, method)
+    return mstep(x0, start_expectations(problem, resps))

@@ -131,17 +131,19 @@ class NumericMStep:
 AUTO_NUMBA_SIZE = 250_000
 
 
-def compile_stats(problem: EMProblem, plan: ClosedFormPlan) -> Callable:
+def compile_stats(problem: EMProblem, plan: ClosedFormPlan, **compile_kwargs) -> Callable:
     """Compile ``(x, *resp) -> statistics`` of ``plan`` from given responsibilities.
 
     ``resp`` as in `compile_q`: per latent, responsibilities or a `ChainExpectations`.
+    ``compile_kwargs`` default to Python-linked ops (`CHECK_MODE`).
     """
     resp_vars = expectation_inputs(problem)
     stats = plan.stat_graphs(resp_vars)
-    # The statistics from given responsibilities serve starting points and ECM steps:
-    # numpy-speed Python-linked ops are enough, and cost no backend compile.
+    # For mixtures the statistics from given responsibilities serve starting points and ECM
+    # steps only: numpy-speed Python-linked ops are enough, and cost no backend compile.
     inputs = [problem.x, *flat_inputs(resp_vars)]
-    fn = compile_with_data(problem.model, inputs, stats, mode=CHECK_MODE)
+    compile_kwargs = compile_kwargs or {"mode": CHECK_MODE}
+    fn = compile_with_data(problem.model, inputs, stats, **compile_kwargs)
 
     def stats_from_resp(x: np.ndarray, *resp: np.ndarray) -> tuple[np.ndarray, ...]:
         out = fn(np.asarray(x, dtype="float64"), *flat_inputs(resp))
@@ -245,6 +247,23 @@ class CheckedLeanEStep:
         return e
 
 
+def _chain_estep(problem: EMProblem, plan: ClosedFormPlan, estep: Callable, compile_kwargs):
+    """The E-step with a chain's emissions from the plan's broadcasts, checked once.
+
+    Broadcasts (``y[:, None]`` against the K parameters) need a third of the memory of the
+    model's gathers (``mu[z]`` with z enumerated), and less time; the first finite E-step is
+    compared with the model's own (`CheckedLeanEStep`), which takes over if they disagree.
+    """
+    log_joints = [plan.emission_log_joint(j) for j in range(len(problem.latents))]
+    if all(g is None for g in log_joints):
+        return estep
+    log_joints = [
+        lat.log_joint if g is None else g
+        for lat, g in zip(problem.latents, log_joints, strict=True)
+    ]
+    return CheckedLeanEStep(compile_estep(problem, log_joints=log_joints, **compile_kwargs), estep)
+
+
 def build_mstep(
     problem: EMProblem,
     estep: Callable,
@@ -288,11 +307,16 @@ def build_mstep(
     if plan is None:
         numeric = NumericMStep(neg_q_and_grad)
         return estep, numeric, EMMap(estep=estep, mstep=lambda x, e: numeric(x, e.expectations))
-    mstep = ClosedFormMStep(plan, neg_q_and_grad, compile_stats(problem, plan))
     # A chain's E-step is forward–backward on the emissions, which the full E-step returns:
-    # the lean E-step (statistics inside one graph) is for independent latents.
+    # the lean E-step (statistics inside one graph) is for independent latents, and a chain's
+    # statistics come from the smoothed marginals every iteration, compiled with the backend.
     has_chain = any(lat.coupling == "chain" for lat in problem.latents)
-    if not plan.complete or has_chain:
+    stats_kwargs = {"mode": compile_kwargs.get("mode")} if has_chain else {}
+    mstep = ClosedFormMStep(plan, neg_q_and_grad, compile_stats(problem, plan, **stats_kwargs))
+    if has_chain:
+        estep = _chain_estep(problem, plan, estep, compile_kwargs)
+        return estep, mstep, EMMap(estep=estep, mstep=lambda x, e: mstep(x, e.expectations))
+    if not plan.complete:
         return estep, mstep, EMMap(estep=estep, mstep=lambda x, e: mstep(x, e.expectations))
     log_joints = [plan.log_joint(j) for j in range(len(problem.latents))]
     full_estep = compile_estep(problem, log_joints=log_joints, **compile_kwargs)
