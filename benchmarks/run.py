@@ -18,6 +18,9 @@ Sections:
 3. peak memory of a fit at n = 1e6, relative to the responsibilities array (n · k · 8 bytes);
 4. final log likelihood against scikit-learn's from the same start (both run to convergence);
 5. SQUAREM: iterations and time to convergence, plain against accelerated EM.
+
+``--hmm`` runs the hidden Markov model benchmark against hmmlearn instead (benchmarks/hmm.py;
+the other arguments go to it).
 """
 
 import argparse
@@ -377,6 +380,12 @@ def print_tables(results, modes):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--hmm" in argv:  # the HMM benchmark is its own script, with its own options
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import hmm
+
+        return hmm.main([a for a in argv if a != "--hmm"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     jax = importlib.util.find_spec("jax") is not None
     parser.add_argument(
