@@ -232,3 +232,14 @@ def test_sample_marginal_agrees_with_em_at_t500():
     # The posterior-mean smoothed marginals against EM's, aligned.
     r_em = em.latent_posterior["z"].values[:, order]
     assert np.mean(np.abs(post.latent_posterior["z"].values - r_em)) < 0.05
+
+
+def test_the_broadcast_emissions_are_checked_against_the_model(batch_fit):
+    from pm_em.engine.mstep import CheckedLeanEStep
+
+    model, _, _, _ = batch_fit
+    estep = compile_model(model).estep
+    # The emissions come from the closed-form plan's broadcasts, verified once against the
+    # model's own graph (a disagreement would warn and hand over to the model's graph).
+    assert isinstance(estep, CheckedLeanEStep)
+    assert estep.verified and not estep.failed

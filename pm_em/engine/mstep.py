@@ -198,7 +198,7 @@ class ClosedFormMStep:
         return x_new
 
 
-def _agrees(lean, full) -> bool:
+def _agrees(lean, full, rtol: float = 1e-9) -> bool:
     """Whether a lean and a full E-step result at the same point carry the same densities."""
     pairs = [(lean.log_posterior, full.log_posterior)]
     pairs += list(zip(lean.log_marginal, full.log_marginal, strict=True))
@@ -207,7 +207,7 @@ def _agrees(lean, full) -> bool:
         finite = np.isfinite(a)
         if not np.array_equal(finite, np.isfinite(b)):
             return False
-        if not np.allclose(a[finite], b[finite], rtol=1e-9, atol=1e-9):
+        if not np.allclose(a[finite], b[finite], rtol=rtol, atol=rtol):
             return False
     return True
 
@@ -222,8 +222,8 @@ class CheckedLeanEStep:
     full E-step's result, so the fit stays correct.
     """
 
-    def __init__(self, lean: Callable, full: Callable):
-        self.lean, self.full = lean, full
+    def __init__(self, lean: Callable, full: Callable, rtol: float = 1e-9):
+        self.lean, self.full, self.rtol = lean, full, rtol
         self.verified = False
         self.failed = False
 
@@ -234,7 +234,7 @@ class CheckedLeanEStep:
         e = self.lean(x)
         if not self.verified and np.isfinite(e.log_posterior):
             full = self.full(x)
-            if not _agrees(e, full):
+            if not _agrees(e, full, self.rtol):
                 self.failed = True
                 warn(
                     "pm_em's closed-form E-step disagrees with the model's log density; "
@@ -261,7 +261,11 @@ def _chain_estep(problem: EMProblem, plan: ClosedFormPlan, estep: Callable, comp
         lat.log_joint if g is None else g
         for lat, g in zip(problem.latents, log_joints, strict=True)
     ]
-    return CheckedLeanEStep(compile_estep(problem, log_joints=log_joints, **compile_kwargs), estep)
+    # PyMC's log densities carry rounded constants that a graph folds one way or another
+    # (measured: 1.9e-9 per Normal term between the two graphs); a wrong recognition is off
+    # by O(1). 1e-7 relative on each step's log p(y_t | y_<t) tells them apart.
+    fast = compile_estep(problem, log_joints=log_joints, **compile_kwargs)
+    return CheckedLeanEStep(fast, estep, rtol=1e-7)
 
 
 def build_mstep(
