@@ -1,10 +1,12 @@
 """pm_em: Expectation-Maximization for PyMC models.
 
-Declare a mixture or missing-data model the ordinary PyMC way and `fit` returns its posterior
-mode as an ArviZ `xarray.DataTree` that sits beside a NUTS result.
+Declare a mixture, missing-data or hidden Markov model (`MarkovChain`) the ordinary PyMC way
+and `fit` returns its posterior mode as an ArviZ `xarray.DataTree` that sits beside a NUTS
+result.
 
 Layout (data flow one way; docs/architecture.md has one line per module and how to extend):
-`pm_em.reading` turns a model into an `EMProblem` (latent readers in `reading.build.READERS`);
+`pm_em.distributions` adds `MarkovChain` to PyMC, with the numerics of its marginals
+(forward–backward, Viterbi); `pm_em.reading` turns a model into an `EMProblem` (latent readers in `reading.build.READERS`);
 `pm_em.closed_form` recognizes closed-form M-steps (one module per family, registered in
 `closed_form.registry.COMPONENTS`); `pm_em.engine` runs the E- and M-steps, restarts and the
 polish; `pm_em.fitting` is `fit`; `pm_em.results` packages the DataTree and puts EM beside the
