@@ -48,6 +48,10 @@ class Components:
         every component (e.g. a Binomial's trials), broadcastable to the data; else None.
     n_support : int
         The number of components K.
+    element_ndim : int
+        The number of axes of the latent's elements (1 for a mixture over observations; 2
+        for a chain over (sequence, time)); the data have these axes, plus the components'
+        own core axes (one for MvNormal rows).
     """
 
     op: Op
@@ -55,6 +59,7 @@ class Components:
     roles: tuple[Role | None, ...]
     constants: tuple[np.ndarray | None, ...]
     n_support: int
+    element_ndim: int = 1
 
 
 def explicit_components(ctx: Context, y: Variable, z: Variable, n_support: int) -> Components:
@@ -65,7 +70,7 @@ def explicit_components(ctx: Context, y: Variable, z: Variable, n_support: int) 
         constant_value(p) if role is None or role.kind == "const" else None
         for p, role in zip(params, roles, strict=True)
     )
-    return Components(y.owner.op, y, roles, constants, n_support)
+    return Components(y.owner.op, y, roles, constants, n_support, element_ndim=z.type.ndim)
 
 
 def mixture_components(ctx: Context, mixture: MarginalMixture, n_support: int) -> Components | None:
@@ -78,6 +83,8 @@ def mixture_components(ctx: Context, mixture: MarginalMixture, n_support: int) -
     op = comps[0].owner.op
     if mixture.kind != "Mixture" or any(type(c.owner.op) is not type(op) for c in comps):
         return None
+    if mixture.rv.type.ndim - op.ndim_supp != 1:  # one axis of mixture elements, as the
+        return None  # families' statistics expect (no flattened (n, d) univariate data)
     per_param = list(zip(*(c.owner.op.dist_params(c.owner) for c in comps), strict=True))
     core = tuple(op.ndims_params)
     if mixture.batched:

@@ -101,7 +101,7 @@ def polish(compiled: CompiledProblem, run: EMRun) -> None:
         cache[x.tobytes()] = e
         if not np.isfinite(e.log_posterior):
             return np.inf, np.zeros_like(x)
-        _, grad = compiled.neg_q(x, *e.resp)
+        _, grad = compiled.neg_q(x, *e.expectations)  # a chain's: ChainExpectations
         return -e.log_posterior, grad
 
     res = minimize(
