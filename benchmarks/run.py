@@ -17,7 +17,12 @@ Sections:
    model, a second fit of the same model (each in a fresh process where it matters);
 3. peak memory of a fit at n = 1e6, relative to the responsibilities array (n · k · 8 bytes);
 4. final log likelihood against scikit-learn's from the same start (both run to convergence);
-5. SQUAREM: iterations and time to convergence, plain against accelerated EM.
+5. SQUAREM: iterations and time to convergence, plain against accelerated EM;
+6. scaling (only with ``--only scaling``: it writes ~1 GB of zarr stores and takes about
+   20 minutes): chunked and distributed EM up to n = 1e8, see benchmarks/scaling.py.
+
+``--hmm`` runs the hidden Markov model benchmark against hmmlearn instead (benchmarks/hmm.py;
+the other arguments go to it).
 """
 
 import argparse
@@ -377,6 +382,12 @@ def print_tables(results, modes):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--hmm" in argv:  # the HMM benchmark is its own script, with its own options
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import hmm
+
+        return hmm.main([a for a in argv if a != "--hmm"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     jax = importlib.util.find_spec("jax") is not None
     parser.add_argument(
@@ -394,6 +405,9 @@ def main(argv=None):
         "--only",
         default="per_iteration,first_fit,memory,accuracy,squarem",
         help="sections to run, comma-separated",
+    )
+    parser.add_argument(
+        "--scaling-sizes", default="1e5,1e6,1e7,1e8", help="n for the scaling section"
     )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
@@ -417,7 +431,13 @@ def main(argv=None):
         if name in only:
             print(f"--- {name}", flush=True)
             results[name] = run()
-    print_tables(results, modes)
+    if only - {"scaling"}:
+        print_tables(results, modes)
+    if "scaling" in only:
+        # Its own script (fresh processes, zarr stores on disk); it prints its own table.
+        print("--- scaling", flush=True)
+        script = os.path.join(ROOT, "benchmarks", "scaling.py")
+        subprocess.run([sys.executable, script, "--sizes", args.scaling_sizes], check=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=float)

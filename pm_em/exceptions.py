@@ -56,6 +56,13 @@ class BoundaryPriorWarning(EMWarning):
     """
 
 
+class NoLatentWarning(EMWarning):
+    """EM had nothing to do: the model has no latent of any kind and no missing value.
+
+    The result is then the plain MAP (`pm.find_MAP`'s answer), not an EM fit.
+    """
+
+
 class LabelSwitchingWarning(EMWarning):
     """The chains of a posterior sample label the mixture components differently."""
 
@@ -66,3 +73,31 @@ class LaplaceWarning(EMWarning):
 
 class DegenerateFitError(ValueError):
     """Every EM run ended in a degenerate point (unbounded likelihood)."""
+
+
+class ChunkError(RuntimeError):
+    """A chunk of rows failed to compute in a chunked or distributed fit.
+
+    Raised instead of any result: a fit never returns an estimate some chunk did not enter.
+
+    Parameters
+    ----------
+    message : str
+    chunk : int
+        Index of the chunk (0-based, in row order).
+    rows : tuple of int
+        The chunk's rows, ``[start, stop)``.
+    """
+
+    def __init__(self, message: str, chunk: int = -1, rows: tuple[int, int] = (-1, -1)):
+        super().__init__(message)
+        self.chunk = chunk
+        self.rows = tuple(rows)
+
+    def __reduce__(self):
+        # Picklable with its attributes, so a worker's error reaches the client intact.
+        return (type(self), (self.args[0], self.chunk, self.rows))
+
+
+class ClusterConnectionError(ConnectionError):
+    """The Dask scheduler given to `pm_em.fit` (``client=``) could not be reached."""

@@ -39,6 +39,7 @@ from pm_em.exceptions import (
     EMConvergenceWarning,
     EmptyComponentWarning,
     MultipleOptimaWarning,
+    NoLatentWarning,
     warn,
 )
 from pm_em.results.datatree import build_datatree
@@ -60,11 +61,17 @@ def fit(
     polish: bool = True,
     accelerate: bool = False,
     compile_kwargs: Mapping | None = None,
+    data: Mapping[str, object] | None = None,
+    chunk_size: int | None = None,
+    client: object | None = None,
+    store: object | None = None,
 ) -> xr.DataTree:
     """Find the posterior mode of a PyMC model by Expectation-Maximization.
 
-    The finite discrete latent variables are summed out by enumerating their supports (the
-    E-step); the continuous free variables are the parameters, estimated by MAP in
+    The finite discrete latent variables, and the component assignments hidden in marginal
+    mixtures (`pm.Mixture`, `pm.NormalMixture`, zero-inflated and hurdle likelihoods), are
+    summed out by enumerating their supports (the E-step); missing values are integrated
+    out; the continuous free variables are the parameters, estimated by MAP in
     `pm.find_MAP`'s convention (constrained space, no Jacobian; flat priors give the MLE).
 
     Parameters
@@ -72,7 +79,10 @@ def fit(
     model : pm.Model, optional
         Default: the model of the ``with`` context.
     latent : sequence of str, optional
-        Latent variables to sum out. Default: every discrete free variable.
+        Latent variables to sum out: discrete free variables, the component assignment
+        ``"y_component"`` of a marginal mixture ``y`` (`pm.Mixture`, `pm.NormalMixture`,
+        zero-inflated and hurdle likelihoods; ``"y"`` also names it) and variables with
+        missing values. Default: all of them.
     initvals : dict of {str: array_like}, optional
         Starting values (constrained space) of parameters. With ``init="auto"`` the first run
         starts there; later restarts are data-driven.
@@ -115,6 +125,34 @@ def fit(
         ``"lean_mode"`` sets the backend of the per-iteration E-step of a closed-form model
         alone (``"auto"``: Numba for large data). Default:
         `pm_em.compiling.default_compile_kwargs`, ``{"mode": "CVM", "lean_mode": "auto"}``.
+    data : dict of {str: array_like}, optional
+        Rows for this fit, in place of the model's own: keys are ``pm.Data`` containers or
+        observed variables whose leading axis is the latent elements (the rows); values are
+        numpy arrays, ``np.memmap``, dask arrays or zarr arrays with the model's trailing
+        shape and any number of rows. The model declares the shapes (it may hold a slice of
+        the data); dask, zarr and memmap data are read by chunks, never whole, and never
+        reach this process when ``client`` is given. NaN entries are missing values where
+        the model integrates them out (an MvNormal declared with missing entries).
+    chunk_size : int, optional
+        Rows per chunk: the E-step, the checks, the polish and the per-element results run
+        one chunk at a time, so the fit needs the data plus memory for one chunk's
+        temporaries (O(chunk_size · K)). The estimate equals the in-memory one to round-off
+        (about 1e-12). Default (with ``data``, ``client`` or ``store``): the chunks of a dask
+        or zarr array, else chunks of about 32 MiB of data.
+    client : distributed.Client, str or int, optional
+        Run the chunks on a Dask cluster: a ``distributed.Client``, a scheduler address
+        (``"tcp://host:8786"``; the connection times out after dask's
+        ``distributed.comm.timeouts.connect``), ``"local"`` for a `distributed.LocalCluster`
+        of one single-threaded worker process per core, started and closed by the fit, or
+        an int for a local cluster of that many worker processes. The data stay on the
+        workers; each iteration sends the parameters and gathers a few numbers per chunk,
+        which are added in a fixed order, so a fit is repeatable bit for bit for a given
+        chunking and gives the same estimate as in this process. Needs ``pm-em[dask]``.
+    store : str or zarr store, optional
+        Write the per-element groups (``latent_posterior``, ``log_likelihood``, the completed
+        data) to this zarr store (an existing one is replaced) and return them reading it.
+        Without it, a chunked fit of numpy data returns numpy arrays, and one of dask, zarr
+        or memmap data (or on a cluster) returns dask arrays computed when accessed.
 
     Returns
     -------
@@ -130,12 +168,21 @@ def fit(
     ValueError
         For a model EM cannot handle (named in the message), bad arguments (``initvals`` of
         the wrong shape included), a mixture with at least as many components as its data
-        have distinct values, or a starting point of zero density (a NaN covariate named).
+        have distinct values, or a starting point of zero density (a NaN covariate named);
+        for ``data`` whose names, shapes or values do not fit the model, or a model whose
+        E-step does not split into rows.
     DegenerateFitError
         When every run ended with an unbounded likelihood (a collapsed component, named).
+    ChunkError
+        When a chunk fails to compute (a failing read, a worker dying on it repeatedly):
+        the message names the chunk and its rows; no partial result is returned.
+    ClusterConnectionError
+        When the scheduler at the address ``client`` gives cannot be reached.
 
     Warns
     -----
+    NoLatentWarning
+        When the model has no latent and no missing value: the result is the plain MAP.
     DegenerateRunWarning
         A run was abandoned (a component collapsed onto one value) and replaced.
     MultipleOptimaWarning
@@ -144,15 +191,27 @@ def fit(
     EMConvergenceWarning
         ``max_iter`` was reached and the polish did not reach the mode (or was off).
     EmptyComponentWarning
-        A component has (almost) no responsibility at the estimate.
+        A mixture component has (almost) no responsibility at the estimate.
     BoundaryPriorWarning
         A Dirichlet or Beta prior has a concentration below 1 (no global mode).
 
     Examples
     --------
+    A mixture as PyMC users write it, and the same model with an explicit latent:
+
     >>> import numpy as np, pymc as pm, pm_em
     >>> rng = np.random.default_rng(0)
     >>> x = np.concatenate([rng.normal(-2, 1, 200), rng.normal(3, 1, 300)])
+    >>> with pm.Model(coords={"component": [0, 1]}) as model:
+    ...     w = pm.Dirichlet("w", a=np.ones(2), dims="component")
+    ...     mu = pm.Normal("mu", 0, 10, dims="component")
+    ...     sigma = pm.HalfNormal("sigma", 5, dims="component")
+    ...     y = pm.NormalMixture("y", w=w, mu=mu, sigma=sigma, observed=x)
+    ...     idata = pm_em.fit(random_seed=1, progressbar=False)
+    >>> idata.posterior["mu"].values.round(1)
+    array([[[-1.9,  3. ]]])
+    >>> idata.latent_posterior["y_component"].dims
+    ('y_dim_0', 'component')
     >>> with pm.Model(coords={"component": [0, 1]}) as model:
     ...     w = pm.Dirichlet("w", a=np.ones(2), dims="component")
     ...     mu = pm.Normal("mu", 0, 10, dims="component")
@@ -162,8 +221,37 @@ def fit(
     ...     idata = pm_em.fit(random_seed=1, progressbar=False)
     >>> idata.posterior["mu"].values.round(1)
     array([[[-1.9,  3. ]]])
+
+    The same fit by chunks of 128 rows (``client="local"`` would run them on a local Dask
+    cluster) gives the same estimate:
+
+    >>> chunked = pm_em.fit(model, chunk_size=128, random_seed=1, progressbar=False)
+    >>> float(np.abs(chunked.posterior["mu"] - idata.posterior["mu"]).max()) < 1e-10
+    True
     """
     _validate(n_init, max_iter, tol, init)
+    if data is not None or chunk_size is not None or client is not None or store is not None:
+        # Chunked or distributed EM: the same flow with the E-step per chunk of rows.
+        from pm_em.chunked_fit import fit_chunked  # imports this module's helpers
+
+        return fit_chunked(
+            pm.modelcontext(model),
+            data=data,
+            chunk_size=chunk_size,
+            client=client,
+            store=store,
+            latent=latent,
+            initvals=initvals,
+            n_init=n_init,
+            init=init,
+            max_iter=max_iter,
+            tol=tol,
+            random_seed=random_seed,
+            progressbar=progressbar,
+            polish=polish,
+            accelerate=accelerate,
+            compile_kwargs=compile_kwargs,
+        )
     model = pm.modelcontext(model)
     root = np.random.default_rng(random_seed)
     run_rngs = root.spawn(n_init)
@@ -172,6 +260,7 @@ def fit(
     with _progress(progressbar) as progress:
         task = progress.add_task("Reading and compiling the model", total=None, log_posterior="")
         compiled = compile_model(model, latent, compile_kwargs)
+        _warn_if_no_latent(compiled.problem)
         health = Health(compiled.problem, gradient=_gradient(compiled))
         check_components(compiled.problem, health)
         progress.remove_task(task)
@@ -340,6 +429,22 @@ def _finish_best(compiled, runs, health, rng, polish, run_kwargs) -> EMRun:
             f"point: {best.message}. {_SCALE_PRIOR_HINT}",
             DegenerateRunWarning,
         )
+
+
+def _warn_if_no_latent(problem) -> None:
+    """Say so when EM has nothing to do: the result is then the plain MAP."""
+    if problem.latents or problem.missing:
+        return
+    model = problem.model
+    warn(
+        "EM had nothing to do: pm_em found no latent in this model (no discrete free "
+        "variable, no marginal mixture such as pm.Mixture, pm.NormalMixture or a "
+        "zero-inflated or hurdle likelihood, and no missing value to integrate out). It "
+        f"looked at the free variables {[rv.name for rv in model.free_RVs]} and the observed "
+        f"variables {[rv.name for rv in model.observed_RVs]}. The result is the MAP "
+        "(pm.find_MAP's answer), not an EM fit.",
+        NoLatentWarning,
+    )
 
 
 def _warn_about_priors(compiled: CompiledProblem) -> None:

@@ -154,13 +154,19 @@ def test_convergence_monitor_flags_a_decrease():
 
 
 def test_no_latent_equals_find_map():
+    """No latent and no missing value: find_MAP's answer, with a warning saying so."""
     rng = np.random.default_rng(2)
     x = rng.normal(1.0, 2.0, 50)
     with pm.Model() as model:
         mu = pm.Normal("mu", 0, 10)
         s = pm.HalfNormal("s", 1)
         pm.Normal("y", mu, s, observed=x)
-    idata = pm_em.fit(model, progressbar=False)
+    with pytest.warns(
+        pm_em.NoLatentWarning,
+        match=r"EM had nothing to do.*free variables \['mu', 's'\] and the observed "
+        r"variables \['y'\]",
+    ):
+        idata = pm_em.fit(model, progressbar=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # find_MAP's dict return
         ref = pm.find_MAP(model=model, progressbar=False, jitter=False)

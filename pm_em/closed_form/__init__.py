@@ -6,7 +6,8 @@ For the models people fit most, the expected complete-data log posterior
 
 has a known maximizer, a function of a few weighted sums over the data (the sufficient
 statistics). This subpackage reads a model's graph, recognizes such structures, and describes for
-each latent:
+each latent, explicit (``z = pm.Categorical(...)``, ``y ~ Normal(mu[z], ...)``) or the implicit
+latent of a marginal mixture (``pm.NormalMixture``, ``pm.Mixture``):
 
 - which free variables have a closed-form update ("claimed") and which the update merely
   reads (their current values enter the formulas);
@@ -21,15 +22,18 @@ Where things live:
 - `pm_em.closed_form.plan`: `match_closed_form` and the `ClosedFormPlan` it returns (which
   variables are claimed, the statistics as graphs, the update);
 - `pm_em.closed_form.block`: the `Block` every family subclasses, and the matching `Context`;
-- one module per family: `weights` (the latent's own prior), `normal`, `mvnormal`, `counts`
-  (Poisson, Bernoulli, Binomial), `categorical`;
-- three registries: `registry.COMPONENTS` (an observed variable that depends on the latent,
-  keyed on its Op type), `priors.PRIORS` (a free variable's prior, keyed on its Op type) and
-  `transforms.FORWARD` (a transform, keyed on its type);
+- `pm_em.closed_form.components`: `Components`, the K component distributions of an
+  observed variable and how each parameter varies over them, read alike from ``mu[z]`` and
+  from a mixture's list or batch of components, so one family module serves both forms;
+- one module per family: `weights` (the latent's prior or the mixture's weights), `normal`,
+  `mvnormal`, `counts` (Poisson, Bernoulli, Binomial), `categorical`;
+- three registries: `registry.COMPONENTS` (component distributions, keyed on their Op type),
+  `priors.PRIORS` (a free variable's prior, keyed on its Op type) and `transforms.FORWARD`
+  (a transform, keyed on its type);
 - `graph`: reading parameters out of the graph (``P[z]``, constants, broadcasts).
 
-Adding a family is one new module (a `Block` subclass and its ``match_<family>(ctx, y, z,
-n_support)``, which returns None for any structure it does not recognize) and one line in
+Adding a family is one new module (a `Block` subclass and its ``match_<family>(ctx, comps)``,
+which returns None for any structure it does not recognize) and one line in
 `registry.COMPONENTS`; a new prior or transform is one entry in its registry. Anything
 unexpected leaves the variables involved unclaimed, and the numeric M-step handles them.
 

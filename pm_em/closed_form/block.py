@@ -38,6 +38,9 @@ class Block:
     # `stats_k`): K graphs over vectors of length n fuse and vectorize better than one graph
     # over (n, K), which the lean E-step then uses.
     unrolled: bool = False
+    # Whether `stats` takes a chain's `ChainExpectations` (P's and p0's blocks) rather than
+    # (n, K) responsibilities (every other block, a chain's emissions included).
+    takes_chain: bool = False
 
     def log_density(self, values: dict[str, Variable]) -> Variable:
         """Return this block's term of log p(z_i = k, · | θ), broadcastable to (n, K)."""

@@ -3,10 +3,10 @@
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
-from pytensor.graph.basic import Variable
 
 from pm_em.closed_form.block import Block, Context
-from pm_em.closed_form.graph import data_graph, read_role
+from pm_em.closed_form.components import Components
+from pm_em.closed_form.graph import data_graph
 from pm_em.closed_form.priors import read_prior
 
 __all__ = ["match_categorical"]
@@ -41,12 +41,12 @@ class _CategoricalComponents(Block):
         return {self.name: numerator / numerator.sum(axis=-1, keepdims=True)}
 
 
-def match_categorical(ctx: Context, y: Variable, z: Variable, n_support: int) -> Block | None:
-    """Match ``y ~ Categorical(p[z])`` with Dirichlet rows of ``p``, or return None."""
-    if y.type.ndim != 1:
+def match_categorical(ctx: Context, comps: Components) -> Block | None:
+    """Match Categorical components ``Categorical(p[k])`` with Dirichlet rows of ``p``, or None."""
+    y = comps.y
+    if y.type.ndim != comps.element_ndim:  # one entry per latent element
         return None
-    (p,) = y.owner.op.dist_params(y.owner)
-    role = read_role(p, z, ctx.free, n_support)
+    (role,) = comps.roles
     if role is None or role.kind != "indexed" or len(ctx.shapes[role.rv.name]) != 2:
         return None
     prior = read_prior(role.rv, ctx.shapes[role.rv.name])

@@ -3,11 +3,11 @@
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
-from pytensor.graph.basic import Variable
 from pytensor.tensor.random.basic import BernoulliRV
 
 from pm_em.closed_form.block import Block, Context
-from pm_em.closed_form.graph import Role, constant_value, data_graph, read_role
+from pm_em.closed_form.components import Components
+from pm_em.closed_form.graph import Role, data_graph
 from pm_em.closed_form.priors import Prior, read_prior
 
 __all__ = ["match_binomial", "match_poisson"]
@@ -71,10 +71,10 @@ class _CountComponents(Block):
         return {name: value.reshape(current[name].shape)}
 
 
-def _match_count(ctx, y, z, n_support, kind, param, trials) -> Block | None:
-    if y.type.ndim != 1:
+def _match_count(ctx, comps: Components, kind, role: Role | None, trials) -> Block | None:
+    y, n_support = comps.y, comps.n_support
+    if y.type.ndim != comps.element_ndim:  # one entry per latent element
         return None
-    role = read_role(param, z, ctx.free, n_support)
     if role is None or role.kind == "shared":
         return None
     if role.kind == "indexed" and ctx.shapes[role.rv.name] != (n_support,):
@@ -90,18 +90,17 @@ def _match_count(ctx, y, z, n_support, kind, param, trials) -> Block | None:
     )
 
 
-def match_poisson(ctx: Context, y: Variable, z: Variable, n_support: int) -> Block | None:
-    """Match ``y ~ Poisson(rate[z])``, or return None."""
-    (rate,) = y.owner.op.dist_params(y.owner)
-    return _match_count(ctx, y, z, n_support, "poisson", rate, None)
+def match_poisson(ctx: Context, comps: Components) -> Block | None:
+    """Match Poisson components ``Poisson(rate[k])``, or return None."""
+    (rate,) = comps.roles
+    return _match_count(ctx, comps, "poisson", rate, None)
 
 
-def match_binomial(ctx: Context, y: Variable, z: Variable, n_support: int) -> Block | None:
-    """Match ``y ~ Bernoulli(p[z])`` or ``Binomial(n, p[z])`` (constant ``n``), or return None."""
-    params = y.owner.op.dist_params(y.owner)
-    if isinstance(y.owner.op, BernoulliRV):
-        return _match_count(ctx, y, z, n_support, "binomial", params[0], None)
-    trials = constant_value(params[0])
-    if trials is None or trials.ndim > 1:
-        return None
-    return _match_count(ctx, y, z, n_support, "binomial", params[1], trials)
+def match_binomial(ctx: Context, comps: Components) -> Block | None:
+    """Match ``Bernoulli(p[k])`` or ``Binomial(n, p[k])`` components (constant ``n``), or None."""
+    if isinstance(comps.op, BernoulliRV):
+        return _match_count(ctx, comps, "binomial", comps.roles[0], None)
+    trials = comps.constants[0]
+    if trials is None or trials.ndim > 1 or (trials.ndim and comps.element_ndim > 1):
+        return None  # trials per entry of a flattened (sequence, time) latent: not handled
+    return _match_count(ctx, comps, "binomial", comps.roles[1], trials)

@@ -5,7 +5,8 @@ import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
 
 from pm_em.closed_form.block import Block, Context
-from pm_em.closed_form.graph import Role, data_graph, read_role
+from pm_em.closed_form.components import Components
+from pm_em.closed_form.graph import Role, data_graph
 from pm_em.closed_form.priors import read_prior
 
 __all__ = ["match_mvnormal"]
@@ -86,16 +87,19 @@ class _MvNormalComponents(Block):
         return role.value if role.rv is None else current[role.rv.name]
 
 
-def match_mvnormal(ctx: Context, y: Variable, z: Variable, n_support: int) -> Block | None:
-    """Match rows ``y ~ MvNormal(mu[z], cov[z])`` (flat priors claimed), or return None."""
-    if y.type.ndim != 2:
+def match_mvnormal(ctx: Context, comps: Components) -> Block | None:
+    """Match rows from MvNormal components ``MvNormal(mu[k], cov[k])`` (flat priors claimed).
+
+    Returns None for any other structure.
+    """
+    y, n_support = comps.y, comps.n_support
+    if y.type.ndim != comps.element_ndim + 1:  # one row per latent element
         return None
-    mu_param, cov_param = y.owner.op.dist_params(y.owner)
-    mu = read_role(mu_param, z, ctx.free, n_support)
-    cov = read_role(cov_param, z, ctx.free, n_support)
+    mu, cov = comps.roles
     if mu is None or cov is None or "shared" in (mu.kind, cov.kind):
         return None
-    d = y.type.shape[-1]
+    data = data_graph(ctx.problem.model, y)
+    d = data.type.shape[-1]  # static for data (a mixture's own type may not know it)
     if d is None:
         return None
     expected = {id(mu): (n_support, d), id(cov): (n_support, d, d)}
@@ -112,4 +116,4 @@ def match_mvnormal(ctx: Context, y: Variable, z: Variable, n_support: int) -> Bl
         prior = read_prior(role.rv, ctx.shapes[role.rv.name])
         if prior is not None and prior.kind == "flat" and ctx.claimable(role.rv, {y}):
             claims.append(role.rv.name)
-    return _MvNormalComponents(data_graph(ctx.problem.model, y), mu, cov, tuple(claims))
+    return _MvNormalComponents(data, mu, cov, tuple(claims))

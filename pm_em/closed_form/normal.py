@@ -9,7 +9,8 @@ from pytensor.graph.basic import Variable
 from scipy.optimize import brentq
 
 from pm_em.closed_form.block import Block, Context
-from pm_em.closed_form.graph import Role, data_graph, read_role
+from pm_em.closed_form.components import Components
+from pm_em.closed_form.graph import Role, data_graph
 from pm_em.closed_form.priors import Prior, read_prior
 
 __all__ = ["match_normal"]
@@ -229,13 +230,15 @@ def _bracketed_root(g: Callable[[float], float], t0: float) -> float | None:
     return brentq(g, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=200)
 
 
-def match_normal(ctx: Context, y: Variable, z: Variable, n_support: int) -> Block | None:
-    """Match ``y ~ Normal(mu[z], sigma[z])`` (or a shared / constant parameter), or return None."""
-    if y.type.ndim != 1:
+def match_normal(ctx: Context, comps: Components) -> Block | None:
+    """Match Normal components ``Normal(mu[k], sigma[k])`` (or a shared / constant parameter).
+
+    Returns None for any other structure.
+    """
+    y, n_support = comps.y, comps.n_support
+    if y.type.ndim != comps.element_ndim:  # one entry per latent element
         return None
-    mu_param, sigma_param = y.owner.op.dist_params(y.owner)
-    mu = read_role(mu_param, z, ctx.free, n_support)
-    sigma = read_role(sigma_param, z, ctx.free, n_support)
+    mu, sigma = comps.roles
     if mu is None or sigma is None:
         return None
     for role in (mu, sigma):

@@ -12,11 +12,14 @@ from pytensor.graph.traversal import ancestors
 from pytensor.tensor.random.basic import CategoricalRV
 
 from pm_em.closed_form.block import Block, Context
+from pm_em.closed_form.components import explicit_components, mixture_components
 from pm_em.closed_form.graph import NoMatch
 from pm_em.closed_form.registry import COMPONENTS
 from pm_em.closed_form.transforms import to_unconstrained
-from pm_em.closed_form.weights import match_weights
-from pm_em.reading.problem import EMProblem
+from pm_em.closed_form.transitions import emission_weights, match_chain
+from pm_em.closed_form.weights import match_mixture_weights, match_weights
+from pm_em.reading.mixture_graph import as_mixture
+from pm_em.reading.problem import ChainExpectations, EMProblem
 
 __all__ = ["ClosedFormPlan", "match_closed_form"]
 
@@ -87,6 +90,25 @@ class ClosedFormPlan:
         terms = [b.log_density(values) for b in lp.blocks]
         return pt.add(*(pt.as_tensor(t).astype("float64") for t in terms))
 
+    def emission_log_joint(self, latent_index: int) -> Variable | None:
+        """Return a chain latent's emissions, (*shape, K), from broadcasts; None if unmatched.
+
+        Every dependent must have been recognized (the blocks after P's, see
+        `closed_form.transitions.match_chain`).
+        """
+        lat = self.problem.latents[latent_index]
+        matches = [lp for lp in self.latents if lp.latent_index == latent_index]
+        if lat.coupling != "chain" or not matches:
+            return None
+        emissions = matches[0].components[1:]
+        if not emissions or any(b is None for b in emissions):
+            return None
+        values = self.problem.constrained
+        n_support = lat.support.size
+        total = pt.add(*(pt.as_tensor(b.log_density(values)).astype("float64") for b in emissions))
+        n = int(np.prod(lat.shape))
+        return pt.broadcast_to(total, (n, n_support)).reshape((*lat.shape, n_support))
+
     def unrolled_terms(self, latent_index: int) -> tuple[Variable, list[Variable]] | None:
         """Return the log marginal (n,) and the statistics, computed component by component.
 
@@ -123,8 +145,10 @@ class ClosedFormPlan:
     ) -> list[Variable]:
         """Statistics of every block, then the current values of every variable read.
 
-        ``resps`` holds the (n, K) responsibilities of every latent of the problem;
-        ``unrolled`` the statistics already computed by `unrolled_terms`, per latent index.
+        ``resps`` holds the (n, K) responsibilities of every latent of the problem (a
+        `ChainExpectations` for a chain: its blocks of P and p0 take it whole, its emission
+        blocks the smoothed marginals as (n, K) responsibilities); ``unrolled`` the
+        statistics already computed by `unrolled_terms`, per latent index.
         """
         values = self.problem.constrained
         unrolled = unrolled or {}
@@ -133,8 +157,13 @@ class ClosedFormPlan:
             if lp.latent_index in unrolled:
                 out.extend(unrolled[lp.latent_index])
                 continue
+            resp = resps[lp.latent_index]
             for block in lp.blocks:
-                out.extend(block.stats(resps[lp.latent_index], values))
+                weights = resp
+                if isinstance(resp, ChainExpectations) and not block.takes_chain:
+                    n_support = self.problem.latents[lp.latent_index].support.size
+                    weights = emission_weights(resp, n_support)
+                out.extend(block.stats(weights, values))
         out.extend(pt.as_tensor(values[name]).astype("float64") for name in self.reads)
         return out
 
@@ -193,6 +222,53 @@ def _constrained_shapes(problem: EMProblem) -> dict[str, tuple[int, ...]]:
     return {k: np.shape(v) for k, v in zip(names, fn(start), strict=True)}
 
 
+def _latent_plan(ctx: Context, j: int, lat) -> _LatentPlan | None:
+    """Match latent ``j``'s weights and components; None for a latent no form applies to."""
+    n_support = lat.support.size
+    if len(lat.shape) != 1 or not np.array_equal(lat.support, np.arange(n_support)):
+        return None
+    structure = _structure(ctx, lat, n_support)
+    if structure is None:
+        return None
+    weights, sources = structure
+    components = []
+    for comps in sources:
+        block = None
+        match = COMPONENTS.get(type(comps.op)) if comps is not None else None
+        if match is not None and tuple(comps.y.type.shape[:1]) in ((lat.shape[0],), (None,)):
+            try:
+                block = match(ctx, comps)
+            except NoMatch:
+                block = None
+        components.append(block)
+    return _LatentPlan(j, weights, components)
+
+
+def _structure(ctx: Context, lat, n_support: int):
+    """Return the latent's weights block and the components of each dependent, in either form.
+
+    An explicit latent ``z`` (a Categorical free variable) has its prior as weights and one
+    `Components` per observed dependent; a mixture's latent has the mixture's weights and
+    its one list or batch of components. Returns None for other latents.
+    """
+    model = ctx.problem.model
+    if lat.mixture_of is not None:
+        mixture = as_mixture(model, model[lat.mixture_of])
+        if mixture is None:
+            return None
+        return match_mixture_weights(ctx, mixture), [mixture_components(ctx, mixture, n_support)]
+    z = model[lat.name]
+    if not isinstance(z.owner.op, CategoricalRV):
+        return None
+    sources = [
+        explicit_components(ctx, model[name], z, n_support)
+        if model[name] in model.observed_RVs
+        else None
+        for name in lat.dependents
+    ]
+    return match_weights(ctx, z), sources
+
+
 def match_closed_form(problem: EMProblem) -> ClosedFormPlan | None:
     """Recognize the closed-form updates of ``problem``'s M-step.
 
@@ -221,25 +297,10 @@ def match_closed_form(problem: EMProblem) -> ClosedFormPlan | None:
     )
     latents = []
     for j, lat in enumerate(problem.latents):
-        z = model[lat.name]
-        if len(lat.shape) != 1 or not isinstance(z.owner.op, CategoricalRV):
-            continue
-        n_support = lat.support.size
-        if not np.array_equal(lat.support, np.arange(n_support)):
-            continue
-        weights = match_weights(ctx, z)
-        components = []
-        for dep_name in lat.dependents:
-            dep = model[dep_name]
-            match = COMPONENTS.get(type(dep.owner.op)) if dep in model.observed_RVs else None
-            block = None
-            if match is not None and tuple(dep.type.shape[:1]) in ((lat.shape[0],), (None,)):
-                try:
-                    block = match(ctx, dep, z, n_support)
-                except NoMatch:
-                    block = None
-            components.append(block)
-        latents.append(_LatentPlan(j, weights, components))
+        if lat.coupling == "chain":  # p0, P and the emissions: closed_form.transitions
+            latents.append(_LatentPlan(j, *match_chain(ctx, lat, model[lat.name])))
+        elif (lp := _latent_plan(ctx, j, lat)) is not None:
+            latents.append(lp)
     # A variable is claimed by exactly one block.
     owners: dict[str, int] = {}
     for lp in latents:

@@ -1,4 +1,4 @@
-"""Mixture weights: the latent's own prior, a Categorical with constant or Dirichlet ``p``."""
+"""Mixture weights: constant or Dirichlet, as an explicit latent's prior or a mixture's weights."""
 
 import numpy as np
 import pymc as pm
@@ -9,8 +9,9 @@ from pytensor.tensor.random.basic import CategoricalRV
 from pm_em.closed_form.block import Block, Context
 from pm_em.closed_form.graph import constant_value, strip_expand
 from pm_em.closed_form.priors import read_prior
+from pm_em.reading.mixture_graph import MarginalMixture
 
-__all__ = ["match_weights"]
+__all__ = ["match_mixture_weights", "match_weights"]
 
 
 class _FixedWeights(Block):
@@ -63,16 +64,25 @@ class _DirichletWeights(Block):
 
 
 def match_weights(ctx: Context, z: Variable) -> Block | None:
-    """Match the latent's prior: Categorical with constant p, or p a free Dirichlet."""
+    """Match an explicit latent's prior: Categorical with constant p, or p a free Dirichlet."""
     if not isinstance(z.owner.op, CategoricalRV):
         return None
     (p,) = z.owner.op.dist_params(z.owner)
-    p = strip_expand(p)
+    return _weights(ctx, strip_expand(p), z)
+
+
+def match_mixture_weights(ctx: Context, mixture: MarginalMixture) -> Block | None:
+    """Match a marginal mixture's weights: constant, or a free Dirichlet of shape (K,)."""
+    return _weights(ctx, strip_expand(mixture.weights), mixture.rv)
+
+
+def _weights(ctx: Context, p: Variable, owner: Variable) -> Block | None:
+    """Weights ``p`` entering ``owner``'s density alone: a Dirichlet variable or a constant."""
     if p in ctx.free:
         prior = read_prior(p, ctx.shapes[p.name])
-        if prior is None or prior.kind != "dirichlet" or not ctx.claimable(p, {z}):
+        if prior is None or prior.kind != "dirichlet" or not ctx.claimable(p, {owner}):
             return None
-        if ctx.shapes[p.name] != prior.args[0].shape:
+        if ctx.shapes[p.name] != prior.args[0].shape or len(ctx.shapes[p.name]) != 1:
             return None
         return _DirichletWeights(p.name, prior.args[0])
     value = constant_value(p)

@@ -179,10 +179,11 @@ def _value_and_grad(problem: EMProblem, estep, neg_q, mstep, compile_kwargs: dic
         e = estep(x)
         if not np.isfinite(e.log_posterior):
             return e.log_posterior, None
-        value, neg_grad = neg_q(x, *e.resp)
+        value, neg_grad = neg_q(x, *e.expectations)  # a chain's: ChainExpectations
         return e.log_posterior, (-neg_grad if np.isfinite(value) else None)
 
-    if not (isinstance(mstep, ClosedFormMStep) and mstep.plan.complete):
+    chain = any(lat.coupling == "chain" for lat in problem.latents)
+    if chain or not (isinstance(mstep, ClosedFormMStep) and mstep.plan.complete):
         return via_q
     plan = mstep.plan
 

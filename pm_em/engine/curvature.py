@@ -21,7 +21,7 @@ flat to second order, are pulled apart by `pm_em.engine.symmetry`.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,7 +36,6 @@ __all__ = [
     "check_mode",
     "curvature_steps",
     "escape",
-    "newton_refine",
 ]
 
 FULL_HESSIAN_MAX = 50
@@ -69,8 +68,6 @@ class ModeCheck:
         standard errors (``"hessian"`` only; NaN otherwise).
     direction : ndarray or None
         Unit eigenvector of ``max_curvature``.
-    eigenvalues, eigenvectors : ndarray or None
-        The Hessian's eigen-decomposition (``"hessian"`` only).
     """
 
     method: str
@@ -79,8 +76,6 @@ class ModeCheck:
     gradient_norm: float
     newton_se: float
     direction: np.ndarray | None = field(default=None, repr=False)
-    eigenvalues: np.ndarray | None = field(default=None, repr=False)
-    eigenvectors: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def is_saddle(self) -> bool:
@@ -196,8 +191,6 @@ def check_mode(compiled: CompiledProblem, x: np.ndarray, rng: np.random.Generato
         float(np.max(np.abs(g))),
         newton_se,
         vectors[:, top] / np.linalg.norm(vectors[:, top]),
-        theta if method == "hessian" else None,
-        vectors if method == "hessian" else None,
     )
 
 
@@ -211,42 +204,6 @@ def _newton_se(theta: np.ndarray, vectors: np.ndarray, g: np.ndarray) -> float:
     down = _curved(theta)
     along = vectors[:, down].T @ g
     return float(np.max(np.abs(along) / np.sqrt(-theta[down]), initial=0.0))
-
-
-def newton_refine(
-    compiled: CompiledProblem, x: np.ndarray, check: ModeCheck, steps: int = 3
-) -> tuple[np.ndarray, ModeCheck] | None:
-    """Newton steps with the checked Hessian, each kept only if it raises the log posterior.
-
-    L-BFGS can stop a few hundredths of a standard error short of the mode when it starts
-    close to it (its first steps are tiny, and its relative-decrease test then stops it);
-    at a maximum the Hessian of the check makes the last steps exact. Returns the refined
-    point and its check (the gradient and Newton step updated), or None if no step helped.
-    """
-    if check.method != "hessian" or check.is_saddle:
-        return None
-    theta, vectors = check.eigenvalues, check.eigenvectors
-    down = _curved(theta)
-    value, g = compiled.value_and_grad(x)
-    moved = False
-    for _ in range(steps):
-        step = vectors[:, down] @ ((vectors[:, down].T @ g) / -theta[down])
-        t, better = 1.0, None
-        for _ in range(8):  # halve until the log posterior does not drop
-            v_try, g_try = compiled.value_and_grad(x + t * step)
-            if g_try is not None and v_try > value:
-                better = (x + t * step, v_try, g_try)
-                break
-            t /= 2.0
-        if better is None:
-            break
-        x, value, g = better
-        moved = True
-    if not moved:
-        return None
-    return x, replace(
-        check, gradient_norm=float(np.max(np.abs(g))), newton_se=_newton_se(theta, vectors, g)
-    )
 
 
 def curvature_steps(check: ModeCheck) -> list[list[np.ndarray]]:

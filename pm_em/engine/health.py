@@ -60,7 +60,14 @@ EMPTY_COUNT = 1e-3
 # Latent kinds whose support values are exchangeable mixture components (the count of
 # components against the count of distinct values applies to these alone: a Binomial's
 # support values are counts, a DiscreteUniform is often a change point).
-COMPONENT_KINDS = ("Categorical", "Bernoulli")
+COMPONENT_KINDS = ("Categorical", "Bernoulli", "Mixture")
+# Latents with a point-mass component by construction (a hurdle's zeros): not judged at the
+# end of a run. A chain's log_resp is computed on request, and its log marginal is
+# p(y_t | y_<t), so only the per-iteration check applies to it.
+_POINT_MASS_KINDS = ("Hurdle", "ZeroInflated")
+# The chunked engine's collapse check (one element against the median of a sample,
+# pm_em.engine.chunked_steps) still uses this threshold, in nats per value.
+_COLLAPSE_NATS = 25.0
 # log(2πe) / 2: a Gaussian's average log density at its own data is -log(sd) - this.
 _HALF_LOG_2PIE = 0.5 * np.log(2 * np.pi * np.e)
 # A component this much narrower than the data's spread, on at most d distinct rows, is
@@ -100,10 +107,14 @@ class Health:
         self.data = latent_data(problem)
         self.gradient = gradient
 
-    def _judged(self) -> Iterator[tuple[int, LatentData]]:
+    def _judged(self, end_of_run: bool = False) -> Iterator[tuple[int, LatentData]]:
         for j, data in enumerate(self.data):
-            if data is not None and data.continuous and np.isfinite(data.log_spread):
-                yield j, data
+            if data is None or not data.continuous or not np.isfinite(data.log_spread):
+                continue
+            lat = data.latent
+            if end_of_run and (lat.coupling == "chain" or lat.kind in _POINT_MASS_KINDS):
+                continue
+            yield j, data
 
     def spike(self, e) -> str | None:
         """Describe a degenerate point from the pointwise log marginal of any E-step, or None."""
@@ -134,7 +145,7 @@ class Health:
             def slope():
                 return float(np.max(np.abs(self.gradient(x, e)), initial=0.0))
 
-        for j, data in self._judged():
+        for j, data in self._judged(end_of_run=True):
             found = _degenerate_component(data, e.log_resp[j], e.log_marginal[j], e.resp[j], slope)
             if found is not None:
                 return found
@@ -322,7 +333,7 @@ def empty_components(problem: EMProblem, e: EStepResult) -> dict[str, list]:
     """Return ``{latent: support values}`` whose expected count is below `EMPTY_COUNT`."""
     empty = {}
     for lat, resp in zip(problem.latents, e.resp, strict=True):
-        if lat.kind != "Categorical":
+        if lat.kind not in ("Categorical", "Mixture"):  # not a Bernoulli's or a hurdle's zeros
             continue
         counts = resp.reshape(-1, lat.support.size).sum(axis=0)
         ks = lat.support[counts < EMPTY_COUNT].tolist()

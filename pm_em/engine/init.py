@@ -13,6 +13,7 @@ from typing import Literal, get_args
 import numpy as np
 from pymc.initial_point import make_initial_point_fn
 
+from pm_em.engine.chains import start_expectations
 from pm_em.engine.estep import EStepResult
 from pm_em.engine.profile import latent_rows
 from pm_em.reading.problem import EMProblem, Latent
@@ -288,7 +289,11 @@ def initial_x(
         return x0
     at_base = estep(x0)
     method = "random" if init == "random" else "kmeans"
-    starts = [mstep(x0, resp) for resp in start_resps(problem, at_base, rng, method)]
+    # A chain's soft labels become expectations with transitions between consecutive steps.
+    starts = [
+        mstep(x0, start_expectations(problem, resps))
+        for resps in start_resps(problem, at_base.with_log_resp(), rng, method)
+    ]
     if len(starts) == 1 or short_em is None:
         return starts[0]
     ran = [short_em(x) for x in starts]

@@ -2,8 +2,8 @@
 
 `run_em` iterates EM until convergence, ``max_iter`` or a degenerate point. `finish` takes
 the run EM returns and makes sure it ends at a local maximum: the polish (L-BFGS on the
-observed-data log posterior, which EM approaches only linearly, then Newton steps on the
-checked Hessian), then the second-order check (`pm_em.engine.curvature`); at a saddle, or
+observed-data log posterior, which EM approaches only linearly, then Newton steps,
+`pm_em.engine.finish`), then the second-order check (`pm_em.engine.curvature`); at a saddle, or
 where components are identical (`pm_em.engine.symmetry`), it steps off to a higher point
 and EM carries on from there (at most `MAX_ESCAPES` times).
 """
@@ -15,14 +15,9 @@ from scipy.optimize import minimize
 
 from pm_em.engine.accel import make_step
 from pm_em.engine.compiled import CompiledProblem
-from pm_em.engine.curvature import (
-    ModeCheck,
-    check_mode,
-    curvature_steps,
-    escape,
-    newton_refine,
-)
+from pm_em.engine.curvature import ModeCheck, check_mode, curvature_steps, escape
 from pm_em.engine.estep import EStepResult
+from pm_em.engine.finish import newton_finish, not_worse
 from pm_em.engine.health import Degeneracy, Health, check_start
 from pm_em.engine.monitor import ConvergenceMonitor
 from pm_em.engine.symmetry import duplicate_groups, split_responsibilities
@@ -178,30 +173,19 @@ def polish(compiled: CompiledProblem, run: EMRun, health: Health | None = None) 
         method="L-BFGS-B",
         options={"maxiter": 1000, "ftol": 1e-15, "gtol": 1e-10},
     )
-    x = np.asarray(res.x, dtype="float64")
+    # Newton steps on the gradient: L-BFGS stops ~1e-8 short of the mode (engine/finish.py).
+    x = newton_finish(np.asarray(res.x, dtype="float64"), neg_log_post)
     e = compiled.estep(x)
     health = health or Health(compiled.problem)
     run.polished = True
     if (
         np.isfinite(e.log_posterior)
-        and e.log_posterior >= run.estep.log_posterior
+        and not_worse(e.log_posterior, run.estep.log_posterior)  # up to rounding
         and health.degenerate(e, x) is None
     ):
         run.polish_gain += e.log_posterior - run.estep.log_posterior
         run.x, run.estep = x, e
         run.polish_converged = bool(res.success)
-
-
-def _newton_finish(compiled: CompiledProblem, run: EMRun, health: Health) -> None:
-    """Close the last gap to the mode with Newton steps on the checked Hessian."""
-    refined = newton_refine(compiled, run.x, run.mode)
-    if refined is None:
-        return
-    x, check = refined
-    e = compiled.estep(x)
-    if e.log_posterior >= run.estep.log_posterior and health.degenerate(e, x) is None:
-        run.polish_gain += e.log_posterior - run.estep.log_posterior
-        run.x, run.estep, run.mode = x, e, check
 
 
 def finish(
@@ -227,8 +211,6 @@ def finish(
         if polish_run:
             polish(compiled, run, health)
         run.mode = check_mode(compiled, run.x, rng)
-        if polish_run:
-            _newton_finish(compiled, run, health)
         # Only a point that claims to be a mode (EM or the polish converged) can be a
         # saddle; elsewhere upward curvature is just the road EM was still on.
         stationary = run.converged or run.polish_converged
@@ -253,6 +235,8 @@ def finish(
 def _split_steps(compiled: CompiledProblem, run: EMRun, health: Health) -> list:
     """Return steps that pull identical components apart (`pm_em.engine.symmetry`), or []."""
     e = run.estep
+    if any(lat.coupling == "chain" for lat in compiled.problem.latents):
+        return []  # a chain's states are split by its own transitions, not by its data
     for j, data in enumerate(health.data):
         if data is None:
             continue

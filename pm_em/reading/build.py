@@ -6,9 +6,10 @@ the parameters, the log prior and the likelihood terms no latent takes; build ea
 enumerated joint log density and the missing values' moments; express every graph in one flat
 parameter vector; run each reader's own checks.
 
-Adding a kind of latent (e.g. a mixture written as ``pm.NormalMixture``, or a Markov chain) is
-one new reader module, whose ``read(ctx) -> list[LatentDraft]`` finds the latents and says
-which variables' densities each takes over, plus one entry in `READERS`.
+Adding a kind of latent (e.g. a Markov chain) is one new reader module, whose
+``read(ctx) -> list[LatentDraft]`` finds the latents and says which variables' densities each
+takes over, plus one entry in `READERS`: the explicit latents (`pm_em.reading.latents`) and
+the component assignments of marginal mixtures (`pm_em.reading.mixtures`) are read so.
 """
 
 from collections.abc import Sequence
@@ -22,15 +23,19 @@ from pymc.pytensorf import join_nonshared_inputs
 from pytensor.graph.basic import Variable
 from pytensor.graph.traversal import ancestors
 
+from pm_em.reading.chains import read_chains
 from pm_em.reading.latents import LatentDraft, read_explicit_latents
 from pm_em.reading.missing import Imputed, find_imputed, missing_values, mvnormal_rows
+from pm_em.reading.mixtures import latent_name, read_marginal_mixtures
 from pm_em.reading.observed import check_observed, observed_data
 from pm_em.reading.problem import EMProblem, Latent, MissingValues, Parameter
 
 __all__ = ["READERS", "ReadContext", "build_problem"]
 
-# Every kind of latent has one reader: ``reader(ctx) -> list[LatentDraft]``.
-READERS = (read_explicit_latents,)
+# Every kind of latent has one reader: ``reader(ctx) -> list[LatentDraft]``. Readers are
+# asked in this order, and a free variable an earlier reader found is not offered to a later
+# one (a Markov chain is a discrete free variable too; the chain reader takes it first).
+READERS = (read_chains, read_explicit_latents, read_marginal_mixtures)
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,9 +86,11 @@ def build_problem(model: pm.Model, latent: Sequence[str] | None = None) -> EMPro
         The model, with discrete latent variables as free variables, and NaN in observed
         data for missing values.
     latent : sequence of str, optional
-        Names of the latent variables to sum out: discrete free variables, and imputed
-        variables (by the user's name ``y`` or PyMC's ``y_unobserved``). Default: all of
-        them. An imputed variable left out is estimated as a parameter (its MAP value).
+        Names of the latent variables to sum out: discrete free variables, the component
+        assignments of marginal mixtures (``"y_component"``, or the mixture ``"y"`` itself),
+        and imputed variables (by the user's name ``y`` or PyMC's ``y_unobserved``). Default:
+        all of them. An imputed variable left out is estimated as a parameter (its MAP
+        value); a mixture left out keeps PyMC's own density as a likelihood term.
 
     Returns
     -------
@@ -98,18 +105,14 @@ def build_problem(model: pm.Model, latent: Sequence[str] | None = None) -> EMPro
     """
     check_observed(model)
     ctx = _read_context(model, latent)
-    drafts = _select(ctx, [draft for reader in READERS for draft in reader(ctx)])
+    drafts = _select(ctx, _first_reader_wins([d for reader in READERS for d in reader(ctx)]))
     drafts, owner_of = _assign_dependents(ctx, drafts)
     params_rvs = _parameters(ctx, drafts)
     prior_terms = _prior_terms(model, params_rvs, owner_of)
     log_lik_rest, log_lik_dims = _likelihood_rest(ctx, owner_of)
     built = [draft.build(ctx, draft) for draft in drafts]
     latents = [spec for spec, _ in built]
-    by_name = {spec.name: spec for spec in latents}
-    missing = [
-        missing_values(model, imp, by_name.get(_owner_name(ctx, imp, owner_of)))
-        for imp in ctx.imputed
-    ]
+    missing = [_missing_values(ctx, imp, drafts, latents, owner_of) for imp in ctx.imputed]
     problem = _flatten(
         ctx, params_rvs, latents, missing, prior_terms, log_lik_rest, _deterministics(ctx, drafts)
     )
@@ -130,7 +133,10 @@ def _read_context(model: pm.Model, latent: Sequence[str] | None) -> ReadContext:
         imputed = all_imputed
     else:
         names = set(latent)
-        imputed = tuple(imp for imp in all_imputed if {imp.name, imp.unobserved} & names)
+        # A mixture's missing entries go with its component latent (`pm_em.reading.mixtures`).
+        imputed = tuple(
+            imp for imp in all_imputed if {imp.name, imp.unobserved, latent_name(imp.name)} & names
+        )
     return ReadContext(
         model=model,
         latent=None if latent is None else tuple(latent),
@@ -140,12 +146,24 @@ def _read_context(model: pm.Model, latent: Sequence[str] | None) -> ReadContext:
     )
 
 
+def _first_reader_wins(drafts: list[LatentDraft]) -> list[LatentDraft]:
+    """Keep one draft per free variable: the first reader's (drafts with no variable stay)."""
+    seen: set = set()
+    kept = []
+    for draft in drafts:
+        if draft.rv is not None and draft.rv in seen:
+            continue
+        seen.add(draft.rv)
+        kept.append(draft)
+    return kept
+
+
 def _select(ctx: ReadContext, candidates: list[LatentDraft]) -> list[LatentDraft]:
     """Keep the latents named in ``latent`` (all by default); refuse names that are none."""
     if ctx.latent is None:
         return candidates
     model = ctx.model
-    known = {d.name for d in candidates} | {
+    known = {name for d in candidates for name in (d.name, *d.aliases)} | {
         name for imp in ctx.all_imputed for name in (imp.name, imp.unobserved)
     }
     for name in ctx.latent:
@@ -168,7 +186,7 @@ def _select(ctx: ReadContext, candidates: list[LatentDraft]) -> list[LatentDraft
             "optimize continuous parameters: add them to `latent`, or fix their values "
             "with `pm.do`/`pm.observe`."
         )
-    return [d for d in candidates if d.name in ctx.latent]
+    return [d for d in candidates if {d.name, *d.aliases} & set(ctx.latent)]
 
 
 def _assign_dependents(
@@ -205,7 +223,8 @@ def _check_dependent(model, z_name, dep, latent_rvs, owner_of) -> None:
         raise ValueError(
             f"Latent '{dep.name}' depends on latent '{z_name}'. pm_em enumerates each latent on "
             "its own, which is exact only for independent latents; combine them into one "
-            "Categorical over the joint states."
+            "Categorical over the joint states, or, for a sequence where each state depends "
+            "on the previous one only, declare the whole sequence as one `pm_em.MarkovChain`."
         )
     if (
         dep.name.endswith("_unobserved")
@@ -260,8 +279,14 @@ def _likelihood_rest(ctx: ReadContext, owner_of):
     return log_lik_rest, log_lik_dims
 
 
-def _owner_name(ctx: ReadContext, imp: Imputed, owner_of) -> str | None:
-    return owner_of.get(ctx.model[imp.observed])
+def _missing_values(ctx: ReadContext, imp: Imputed, drafts, latents, owner_of) -> MissingValues:
+    """Return the missing values of ``imp``, integrated out by the latent owning them, if any."""
+    owner = owner_of.get(ctx.model[imp.observed])
+    pairs = [(d, lat) for d, lat in zip(drafts, latents, strict=True) if lat.name == owner]
+    draft, latent = pairs[0] if pairs else (None, None)
+    if draft is not None and draft.missing is not None:
+        return draft.missing(ctx, imp, latent)
+    return missing_values(ctx.model, imp, latent)
 
 
 def _deterministics(ctx: ReadContext, drafts: list[LatentDraft]) -> dict[str, Variable]:
@@ -287,7 +312,7 @@ def _flatten(
     model = ctx.model
     det_graphs = model.replace_rvs_by_values(list(deterministics.values()))
     outputs = [
-        *(lat.log_joint for lat in latents),
+        *(g for lat in latents for g in lat.graphs),
         *(g for spec in missing for g in (spec.mean, spec.var)),
         *prior_terms.values(),
         *log_lik_rest.values(),
@@ -307,9 +332,7 @@ def _flatten(
         del outputs[:n]
         return taken
 
-    latents = [
-        replace(lat, log_joint=g) for lat, g in zip(latents, take(len(latents)), strict=True)
-    ]
+    latents = [lat.with_graphs(take(len(lat.graphs))) for lat in latents]
     missing = [replace(spec, mean=take(1)[0], var=take(1)[0]) for spec in missing]
     prior_terms = dict(zip(prior_terms, take(len(prior_terms)), strict=True))
     log_lik_rest = dict(zip(log_lik_rest, take(len(log_lik_rest)), strict=True))

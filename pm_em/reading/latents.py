@@ -26,7 +26,7 @@ from pm_em.reading.problem import Latent
 from pm_em.reading.separable import check_separable
 from pm_em.reading.support import finite_support
 
-__all__ = ["LatentDraft", "Term", "is_discrete", "read_explicit_latents"]
+__all__ = ["LatentDraft", "Term", "enumerated_joint", "is_discrete", "read_explicit_latents"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,11 @@ class LatentDraft:
     check : callable or None
         ``check(problem, latent, terms)``, run once the problem is assembled; raises when the
         enumeration would be wrong for this model (e.g. elements that interact).
+    aliases : tuple of str
+        Other names by which `latent=` may select it (e.g. the mixture's observed variable).
+    missing : callable or None
+        ``missing(ctx, imputed, latent) -> MissingValues`` for missing entries of a variable it
+        absorbs, when the latent integrates them out itself; None: `missing.missing_values`.
     """
 
     name: str
@@ -68,6 +73,8 @@ class LatentDraft:
     absorbs: tuple[Variable, ...]
     build: Callable
     check: Callable | None = None
+    aliases: tuple[str, ...] = ()
+    missing: Callable | None = None
 
 
 def is_discrete(rv: Variable) -> bool:
@@ -158,7 +165,7 @@ def build_explicit(ctx, draft: LatentDraft) -> tuple[Latent, list[Term]]:
     zv = model.rvs_to_values[z]
     z_shape = tuple(np.shape(ctx.point[zv.name]))
     terms = group_terms(model, [z, *deps], ctx.by_observed, ctx.point)
-    log_joint = pt.moveaxis(_enumerated_joint(zv, support, z_shape, terms, name), 0, -1)
+    log_joint = pt.moveaxis(enumerated_joint(zv, support, z_shape, terms, name), 0, -1)
     observed = tuple(
         ctx.by_observed[d].name if d in ctx.by_observed else d.name
         for d in deps
@@ -181,7 +188,7 @@ def build_explicit(ctx, draft: LatentDraft) -> tuple[Latent, list[Term]]:
     return spec, terms
 
 
-def _enumerated_joint(zv, support, z_shape, terms: list[Term], name: str) -> Variable:
+def enumerated_joint(zv, support, z_shape, terms: list[Term], name: str) -> Variable:
     """Sum of the terms with every element of z at each support value: (K, *z_shape)."""
     n_support = support.size
     values = enumerated(zv, support, z_shape)

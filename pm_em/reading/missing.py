@@ -10,7 +10,10 @@ the unobserved entries as latent, and integrates them out in closed form:
   inside a mixture);
 - entries of an ``MvNormal`` row (PyMC's ``PartialObservedRV``) are integrated out of the
   Gaussian: the row's observed-data log likelihood is the marginal Gaussian density of its
-  observed entries, and the missing entries' conditional distribution is Gaussian.
+  observed entries, and the missing entries' conditional distribution is Gaussian
+  (`gaussian_rows`);
+- a marginal mixture (`pm.Mixture`, ...) with missing data is also one ``PartialObservedRV``
+  block: `pm_em.reading.mixture_missing` integrates it out with the mixture's latent.
 
 So the observed-data log posterior, which EM increases, is exact; the conditional means and
 sds are reported as imputations. Missing values that other variables depend on are refused.
@@ -25,6 +28,7 @@ from functools import singledispatch
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
+from pymc.distributions.mixture import _BaseMixtureRV
 from pymc.distributions.moments import mean as rv_mean
 from pymc.exceptions import UndefinedMomentException
 from pytensor.graph.basic import Constant, Variable
@@ -39,6 +43,7 @@ from pytensor.tensor.random.basic import (
     LaplaceRV,
     LogNormalRV,
     MvNormalRV,
+    NegBinomialRV,
     NormalRV,
     PoissonRV,
     StudentTRV,
@@ -50,13 +55,23 @@ from pm_em.reading.enumerate import element_of, enumerated
 from pm_em.reading.problem import Latent, MissingValues
 
 __all__ = [
+    "FILLED_SUFFIX",
+    "MASK_SUFFIX",
     "Imputed",
     "find_imputed",
+    "gaussian_rows",
     "missing_values",
     "mix_conditionals",
     "mvnormal_rows",
     "split_moments",
+    "variance",
 ]
+
+
+# Names of the constants that carry an MvNormal variable's missingness mask (1.0 where missing)
+# and its data with 0 where missing, after the variable's name: see `mvnormal_rows`.
+MASK_SUFFIX = "__missing_mask"
+FILLED_SUFFIX = "__filled"
 
 
 @dataclass(frozen=True)
@@ -74,9 +89,10 @@ class Imputed:
     data : ndarray, full shape
         The data, NaN where missing.
     partial : bool
-        True for an MvNormal whose rows are partly observed (`PartialObservedRV`): the
-        missing entries are integrated out of each row's Gaussian. False for an elementwise
-        likelihood split into observed and unobserved RVs.
+        True for rows with missing entries that PyMC imputes as one block
+        (`PartialObservedRV`): an MvNormal, or a mixture of MvNormals; the missing entries are
+        integrated out of each row's Gaussian. False for an elementwise likelihood (split by
+        PyMC into observed and unobserved RVs, or a univariate mixture imputed as a block).
     """
 
     name: str
@@ -106,19 +122,41 @@ def find_imputed(model: pm.Model) -> list[Imputed]:
         data[~mask] = np.asarray(model.rvs_to_values[obs].data, dtype="float64").ravel()
         partial = type(obs.owner.op).__name__ == "PartialObservedRV"
         if partial:
-            base = obs.owner.inputs[0]
-            if not isinstance(base.owner.op, MvNormalRV):
-                dist = type(base.owner.op).__name__.removesuffix("RV")
-                raise ValueError(
-                    f"Observed variable '{name}' has missing entries in a {dist} distribution "
-                    "that PyMC imputes as one block. pm_em integrates missing entries out "
-                    "exactly for elementwise likelihoods and MvNormal rows; write a mixture "
-                    "with an explicit `pm.Categorical` latent instead of `pm.Mixture`/"
-                    "`pm.NormalMixture`, or drop the incomplete entries."
-                )
+            partial = _block_rows(name, obs.owner.inputs[0])
         found.append(Imputed(name, obs_name, unobs_name, mask, data, partial))
     _refuse_dependents(model, found)
     return found
+
+
+def _block_rows(name: str, base: Variable) -> bool:
+    """Whether a block-imputed variable's missing entries sit inside rows (`Imputed.partial`).
+
+    PyMC imputes as one block the variables it cannot split into observed and unobserved
+    random variables: MvNormal rows, and every marginal mixture (`pm.Mixture` and the
+    families built on it), whose missing entries `pm_em.reading.mixtures` integrates out.
+    """
+    op = base.owner.op
+    if isinstance(op, MvNormalRV):
+        return True
+    if isinstance(op, _BaseMixtureRV):
+        components = base.owner.inputs[2:]
+        if components[0].owner.op.ndim_supp == 0:
+            return False  # elementwise: each missing entry drops out
+        if all(isinstance(c.owner.op, MvNormalRV) for c in components):
+            return True
+        dist = type(components[0].owner.op).__name__.removesuffix("RV")
+        raise ValueError(
+            f"Observed variable '{name}' has missing entries inside the rows of a mixture of "
+            f"{dist} components. pm_em integrates missing entries out of mixtures of "
+            "univariate or MvNormal components; drop the incomplete rows of "
+            f"'{name}', or write the mixture with MvNormal components."
+        )
+    dist = type(op).__name__.removesuffix("RV")
+    raise ValueError(
+        f"Observed variable '{name}' has missing entries in a {dist} distribution that PyMC "
+        "imputes as one block. pm_em integrates missing entries out exactly for elementwise "
+        "likelihoods, MvNormal rows and marginal mixtures; drop the incomplete entries."
+    )
 
 
 def _missing_mask(det: Variable) -> np.ndarray | None:
@@ -179,6 +217,11 @@ def _(op, rv, rng, size, mu):
     return mu
 
 
+@_variance.register(NegBinomialRV)
+def _(op, rv, rng, size, n, p):
+    return n * (1 - p) / pt.square(p)
+
+
 @_variance.register(BernoulliRV)
 def _(op, rv, rng, size, p):
     return p * (1 - p)
@@ -215,6 +258,14 @@ def _(op, rv, rng, size, lower, upper):
     return pt.square(upper - lower) / 12
 
 
+def variance(rv: Variable) -> Variable:
+    """Return the variance of univariate ``rv`` (its parameters' shape, in model-RV terms).
+
+    Raises NotImplementedError for a distribution not in pm_em's table.
+    """
+    return _variance(rv.owner.op, rv, *rv.owner.inputs)
+
+
 def split_moments(model: pm.Model, imp: Imputed) -> tuple[Variable, Variable]:
     """Mean and variance graphs of the unobserved entries (value-variable terms).
 
@@ -230,7 +281,7 @@ def split_moments(model: pm.Model, imp: Imputed) -> tuple[Variable, Variable]:
     except (NotImplementedError, UndefinedMomentException):
         mean, unknown = pt.constant(np.nan), ["mean"]
     try:
-        var = _variance(rv.owner.op, rv, *rv.owner.inputs)
+        var = variance(rv)
     except NotImplementedError:
         var, unknown = pt.constant(np.nan), [*unknown, "variance"]
     if unknown:
@@ -250,12 +301,7 @@ def split_moments(model: pm.Model, imp: Imputed) -> tuple[Variable, Variable]:
 def mvnormal_rows(model: pm.Model, imp: Imputed) -> tuple[Variable, Variable, Variable]:
     """Observed-data log likelihood per row, and the missing entries' conditional moments.
 
-    For row i with missing mask m_i and observed mask o_i = 1 - m_i, and δ_i = (x_i − μ)·o_i:
-    the observed entries' marginal is N(x_o | μ_o, Σ_oo), computed as the density of
-    S̃_i = diag(o)Σdiag(o) + diag(m) (block-diagonal with Σ_oo and an identity); with
-    P = Σ⁻¹ and P̃_i = diag(m)Pdiag(m) + diag(o), the missing entries' conditional mean is
-    μ − P̃_i⁻¹(Pδ_i)·m and their conditional covariance P̃_i⁻¹ restricted to the missing
-    block (= P_mm⁻¹). Batched over rows, so no loop over missingness patterns.
+    The rows of ``imp``'s MvNormal, through `gaussian_rows`.
 
     Returns
     -------
@@ -268,10 +314,55 @@ def mvnormal_rows(model: pm.Model, imp: Imputed) -> tuple[Variable, Variable, Va
     base = obs.owner.inputs[0]
     mu, cov = base.owner.op.dist_params(base.owner)
     mu, cov = model.replace_rvs_by_values([mu, cov])
-    m = pt.as_tensor(imp.mask.astype("float64"))  # (*batch, d)
+    # Named, so that a chunked fit (pm_em.engine.rows) can feed each block of rows its own
+    # mask and data: the graph is the same for every missingness pattern.
+    return gaussian_rows(mu, cov, imp.mask, imp.data, name=imp.name)
+
+
+def gaussian_rows(
+    mu: Variable,
+    cov: Variable,
+    mask: np.ndarray | Variable,
+    data: np.ndarray | Variable,
+    name: str | None = None,
+) -> tuple[Variable, Variable, Variable]:
+    """Gaussian rows with missing entries: observed-data log density and conditional moments.
+
+    For row i with missing mask m_i and observed mask o_i = 1 - m_i, and δ_i = (x_i − μ)·o_i:
+    the observed entries' marginal is N(x_o | μ_o, Σ_oo), computed as the density of
+    S̃_i = diag(o)Σdiag(o) + diag(m) (block-diagonal with Σ_oo and an identity); with
+    P = Σ⁻¹ and P̃_i = diag(m)Pdiag(m) + diag(o), the missing entries' conditional mean is
+    μ − P̃_i⁻¹(Pδ_i)·m and their conditional covariance P̃_i⁻¹ restricted to the missing
+    block (= P_mm⁻¹). Batched over rows (and any other leading axes, e.g. the components of
+    a mixture), so no loop over missingness patterns. A fully missing row has density 1.
+
+    Parameters
+    ----------
+    mu : graph of shape (..., d)
+    cov : graph of shape (..., d, d)
+    mask : bool array of shape (..., d)
+        True where missing; broadcasts against ``mu``.
+    data : array of shape (..., d)
+        The data (any value where missing).
+    name : str, optional
+        The variable's name: the mask and data constants are then named
+        ``<name>__missing_mask`` and ``<name>__filled`` (`MASK_SUFFIX`, `FILLED_SUFFIX`), which
+        a chunked fit rebinds block by block.
+
+    Returns
+    -------
+    log_lik : graph of shape (...,)
+    cond_mean, cond_var : graphs of shape (..., d)
+        Conditional mean and variance; at observed entries, the data and 0.
+    """
+    mask = np.asarray(mask)
+    mask_name, filled_name = (
+        (None, None) if name is None else (name + MASK_SUFFIX, name + FILLED_SUFFIX)
+    )
+    m = pt.as_tensor(mask.astype("float64"), name=mask_name)
     o = 1.0 - m
-    x0 = pt.as_tensor(np.where(imp.mask, 0.0, imp.data))
-    d = imp.mask.shape[-1]
+    x0 = pt.as_tensor(np.where(mask, 0.0, np.asarray(data, dtype="float64")), name=filled_name)
+    d = mask.shape[-1]
     eye = pt.eye(d)
     delta = (x0 - mu) * o
     s_tilde = o[..., :, None] * cov * o[..., None, :] + m[..., :, None] * eye

@@ -9,7 +9,9 @@ of a multivariate mixture, plus one per value of observed variables no latent to
 - ``bic = -2 LL + k log(n)``
 - ``icl = bic + 2 EN``, where ``EN = -sum_i sum_k r_ik log r_ik`` is the entropy of the
   responsibilities (Biernacki, Celeux & Govaert 2000, IEEE TPAMI 22(7)): BIC penalized by
-  how unclear the assignment of observations to components is.
+  how unclear the assignment of observations to components is. For a Markov chain, whose
+  steps are not independent, EN is the entropy of the posterior over whole paths
+  (``em_stats["<z>_path_entropy"]``), not the sum of the steps' entropies.
 
 Lower is better for all three. They are defined at the maximum-likelihood estimate; at a MAP
 estimate under weakly informative priors the log likelihood is almost the same.
@@ -27,9 +29,16 @@ from pm_em.engine.compiled import compile_model
 __all__ = ["information_criteria"]
 
 
-def _entropy(latent_posterior: xr.Dataset) -> float:
+def _entropy(latent_posterior: xr.Dataset, names: Sequence[str], em_stats: xr.Dataset) -> float:
+    """Entropy of the responsibilities of latents ``names`` (not of imputed missing values).
+
+    A chain's is the entropy of its posterior over whole paths (``<z>_path_entropy``).
+    """
     total = 0.0
-    for name in latent_posterior.data_vars:
+    for name in names:
+        if f"{name}_path_entropy" in em_stats:
+            total += float(em_stats[f"{name}_path_entropy"])
+            continue
         r = np.asarray(latent_posterior[name].values, dtype="float64")
         with np.errstate(divide="ignore", invalid="ignore"):
             terms = np.where(r > 0, r * np.log(r), 0.0)  # 0 log 0 = 0
@@ -37,10 +46,11 @@ def _entropy(latent_posterior: xr.Dataset) -> float:
     return total
 
 
-def _n_params(idata: xr.DataTree, model: pm.Model | None, latent) -> int:
-    """Count the fitted model's parameters: from the model given or in context, else from fit.
+def _fitted(idata: xr.DataTree, model: pm.Model | None, latent) -> tuple[int, list[str]]:
+    """Count the fitted model's parameters and name its latents.
 
-    Outside any model context `pm_em.fit`'s record ``em_stats.n_params`` is used.
+    From the model given or in context; outside any model context, from what `pm_em.fit`
+    recorded: ``em_stats.n_params``, and a ``<z>_count`` in ``em_stats`` per latent ``z``.
     """
     if model is None:
         try:
@@ -52,7 +62,13 @@ def _n_params(idata: xr.DataTree, model: pm.Model | None, latent) -> int:
                     "Outside a model context `information_criteria` needs `model=` or the "
                     "`em_stats.n_params` that `pm_em.fit` records; `idata` has neither."
                 ) from None
-            return int(stats["n_params"])
+            post = (
+                idata["latent_posterior"].dataset
+                if "latent_posterior" in idata.children
+                else xr.Dataset()
+            )
+            names = [str(v).removesuffix("_count") for v in stats.data_vars]
+            return int(stats["n_params"]), [n for n in names if n in post and n + "_count" in stats]
     problem = compile_model(model, latent).problem
     post = idata["posterior"].dataset if "posterior" in idata.children else xr.Dataset()
     missing = [p.name for p in problem.params if p.name not in post]
@@ -61,7 +77,7 @@ def _n_params(idata: xr.DataTree, model: pm.Model | None, latent) -> int:
             f"`idata.posterior` lacks parameter(s) {missing} of the model: pass the model "
             "that `idata` was fitted to (`model=`)."
         )
-    return problem.n_params
+    return problem.n_params, [lat.name for lat in problem.latents]
 
 
 def information_criteria(
@@ -111,7 +127,7 @@ def information_criteria(
     """
     if "log_likelihood" not in idata.children:
         raise ValueError("`idata` has no `log_likelihood` group; pass the result of `pm_em.fit`.")
-    n_params = _n_params(idata, model, latent)
+    n_params, latents = _fitted(idata, model, latent)
     loglik = idata["log_likelihood"].dataset
     if loglik.sizes.get("chain", 1) * loglik.sizes.get("draw", 1) != 1:
         raise ValueError(
@@ -120,8 +136,11 @@ def information_criteria(
         )
     log_lik = float(sum(loglik[v].values.sum() for v in loglik.data_vars))
     n_obs = int(sum(loglik[v].size for v in loglik.data_vars))
+    stats = idata["em_stats"].dataset if "em_stats" in idata.children else xr.Dataset()
     entropy = (
-        _entropy(idata["latent_posterior"].dataset) if "latent_posterior" in idata.children else 0.0
+        _entropy(idata["latent_posterior"].dataset, latents, stats)
+        if "latent_posterior" in idata.children
+        else 0.0
     )
     bic = -2.0 * log_lik + n_params * np.log(n_obs)
     return pd.Series(

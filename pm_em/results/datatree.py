@@ -14,13 +14,25 @@ from pymc.backends.arviz import coords_and_dims_for_inferencedata, find_constant
 
 from pm_em.reading.problem import EMProblem
 
-__all__ = ["build_datatree"]
+__all__ = ["build_datatree", "support_coords"]
 
 
 def _library_attrs() -> dict:
     from pm_em import __version__
 
     return {"inference_library": "pm_em", "inference_library_version": __version__}
+
+
+def support_coords(latent, coords: dict) -> np.ndarray:
+    """Labels of a latent's support dim: the model's coords when the dim is one of its dims.
+
+    A mixture's latent takes its weights' component dim (e.g. ``"component"``), and then
+    its labels, so that responsibilities line up with the component parameters.
+    """
+    labels = coords.get(latent.support_dim)
+    if labels is not None and len(labels) == latent.support.size:
+        return np.asarray(labels)
+    return latent.support
 
 
 def build_datatree(
@@ -54,15 +66,18 @@ def build_datatree(
     )
 
     lat_vars = {}
-    for lat, resp in zip(problem.latents, e.resp, strict=True):
+    chains = e.chains or (None,) * len(problem.latents)
+    for lat, resp, chain in zip(problem.latents, e.resp, chains, strict=True):
+        elem_coords = {d: coords[d] for d in lat.dims if d in coords}
         lat_vars[lat.name] = xr.DataArray(
             resp,
             dims=(*lat.dims, lat.support_dim),
-            coords={
-                lat.support_dim: lat.support,
-                **{d: coords[d] for d in lat.dims if d in coords},
-            },
+            coords={lat.support_dim: support_coords(lat, coords), **elem_coords},
         )
+        if chain is not None:  # a chain's most probable path (Viterbi)
+            lat_vars[f"{lat.name}_viterbi"] = xr.DataArray(
+                chain.viterbi, dims=lat.dims, coords=elem_coords
+            )
     for spec in problem.missing:
         mean, sd = missing_values[spec.name]
         dim_coords = {
@@ -86,7 +101,7 @@ def build_datatree(
         log_lik, attrs=attrs, coords=coords, dims={**dims, **log_lik_dims}
     )
 
-    em_stats = _em_stats(problem, best, runs, best_index, optima, attrs)
+    em_stats = _em_stats(problem, best, runs, best_index, attrs, coords, optima=optima)
 
     groups = {
         "posterior": posterior,
@@ -103,7 +118,12 @@ def build_datatree(
     return xr.DataTree.from_dict(groups)
 
 
-def _em_stats(problem, best, runs, best_index, optima, attrs) -> xr.Dataset:
+def _em_stats(
+    problem, best, runs, best_index, attrs, model_coords, counts=None, optima=()
+) -> xr.Dataset:
+    # ``counts``: each latent's expected counts per support value, when the caller has them
+    # without the responsibilities (a chunked fit, pm_em.results.chunked); else from them.
+    # ``optima``: (log posterior, run indices) of the distinct optima the runs reached.
     optimum_of = np.full(len(runs), -1)
     for j, (_, members) in enumerate(optima):
         optimum_of[list(members)] = j
@@ -139,13 +159,25 @@ def _em_stats(problem, best, runs, best_index, optima, attrs) -> xr.Dataset:
         "optimum": np.arange(len(optima)),
         "saddle": np.arange(len(best.saddles)),
     }
-    for lat, resp in zip(problem.latents, best.estep.resp, strict=True):
+    if counts is None:
+        counts = [
+            resp.reshape(-1, lat.support.size).sum(axis=0)
+            for lat, resp in zip(problem.latents, best.estep.resp, strict=True)
+        ]
+    chains = best.estep.chains or (None,) * len(problem.latents)
+    for lat, count, chain in zip(problem.latents, counts, chains, strict=True):
         # Expected number of latent elements taking each support value.
-        data[f"{lat.name}_count"] = (
-            lat.support_dim,
-            resp.reshape(-1, lat.support.size).sum(axis=0),
-        )
-        coords[lat.support_dim] = lat.support
+        data[f"{lat.name}_count"] = (lat.support_dim, count)
+        coords[lat.support_dim] = support_coords(lat, model_coords)
+        if chain is not None:
+            # A chain's expected transition counts (summed over sequences), and the entropy
+            # of its posterior over whole paths (for ICL).
+            from_dim = f"{lat.support_dim}_from"
+            k = lat.support.size
+            transitions = chain.expectations.transitions.reshape(-1, k, k).sum(axis=0)
+            data[f"{lat.name}_transitions"] = ((from_dim, lat.support_dim), transitions)
+            data[f"{lat.name}_path_entropy"] = ((), chain.entropy)
+            coords[from_dim] = support_coords(lat, model_coords)
     return xr.Dataset(
         {k: xr.Variable(d, np.asarray(v)) for k, (d, v) in data.items()}, coords=coords, attrs=attrs
     )

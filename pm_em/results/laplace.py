@@ -11,6 +11,13 @@ The log posterior is the one EM maximizes (constrained-space densities, no Jacob
 transforms). At its mode the gradient vanishes, so the Hessian in the unconstrained space is
 ``Jᵀ H_θ J``, the constrained-space information seen through the transforms: the
 approximation is that of the mode EM found, in coordinates where a Gaussian fits better.
+
+Every draw also gets the pointwise observed-data log likelihood (latents summed out, as in
+`pm_em.fit`'s ``log_likelihood`` group), so ArviZ's ``az.loo`` and ``az.compare`` take the
+result as they take a NUTS one, and the two log densities PSIS-LOO needs to correct for the
+draws coming from a Gaussian rather than from the posterior (``sample_stats``: ``log_p``,
+the posterior density of the unconstrained parameters, and ``log_q``, the Gaussian's; see
+`pm_em.loo`).
 """
 
 import warnings
@@ -24,23 +31,26 @@ import xarray as xr
 from arviz_base import dict_to_dataset
 from pymc.backends.arviz import coords_and_dims_for_inferencedata
 from pymc.pytensorf import compile as compile_pymc
+from pymc.pytensorf import join_nonshared_inputs
 
 from pm_em.compiling import pytensor_compile_kwargs
 from pm_em.engine.compiled import compile_model
 from pm_em.exceptions import LaplaceWarning
 from pm_em.reading.problem import EMProblem
-from pm_em.results.marginal import compile_to_x
+from pm_em.results.marginal import compile_to_x, log_likelihood_dataset, store_log_likelihood
 
 __all__ = ["compile_log_posterior_hessian", "laplace"]
 
 # A Newton step from the estimate longer than this many standard errors means the estimate
 # is not the mode (EM stopped early), so the curvature there describes some other point.
 _MAX_NEWTON_SE = 0.1
+_LOG_2PI = float(np.log(2.0 * np.pi))
 
 
 def log_posterior_graph(problem: EMProblem) -> pt.TensorVariable:
     """Build the observed-data log posterior as a graph of ``problem.x``, as the E-step does."""
-    terms = [pt.logsumexp(lat.log_joint, axis=-1).sum() for lat in problem.latents]
+    # Each latent summed out as the E-step does (the forward algorithm for a chain).
+    terms = [lat.log_marginal_graph().sum() for lat in problem.latents]
     terms += [t.sum() for t in problem.log_lik_rest.values()]
     return problem.log_prior + pt.add(pt.constant(0.0, dtype="float64"), *terms)
 
@@ -128,6 +138,65 @@ def _precision_eigen(problem: EMProblem, hess: np.ndarray, stacklevel: int):
     return eigval, eigvec, negative_definite
 
 
+def _compile_log_jacobian(problem: EMProblem, **compile_kwargs):
+    """Compile ``x -> log |det d(constrained)/dx|`` of the parameters' transforms.
+
+    Read from PyMC itself: the parameters' log density with the Jacobian term less the one
+    without it.
+    """
+    model = problem.model
+    rvs = [model[p.name] for p in problem.params]
+    if not rvs:
+        return lambda x: 0.0
+    with_jac = model.logp(vars=rvs, jacobian=True, sum=False)
+    without = model.logp(vars=rvs, jacobian=False, sum=False)
+    graph = pt.add(
+        pt.constant(0.0, dtype="float64"),
+        *((a - b).sum() for a, b in zip(with_jac, without, strict=True)),
+    )
+    value_vars = [model.rvs_to_values[rv] for rv in rvs]
+    [graph], x = join_nonshared_inputs(problem.from_x(problem.start), [graph], value_vars)
+    fn = compile_pymc([x], graph, on_unused_input="ignore", **compile_kwargs)
+    return lambda x_value: float(fn(x_value))
+
+
+def _gaussian_at_mode(problem: EMProblem, em_idata: xr.DataTree, kwargs: dict, stacklevel: int):
+    """Return the mode, the log posterior there, its gradient and Hessian, and -H's eigen."""
+    x_mode = _mode_x(problem, em_idata)
+    evaluate = compile_log_posterior_hessian(problem, **kwargs)
+    log_post, grad, hess = (np.asarray(a, dtype="float64") for a in evaluate(x_mode))
+    if not np.isfinite(log_post):
+        raise ValueError(
+            f"The log posterior is {float(log_post)} at the estimate in `em_idata`: it does not "
+            "belong to this model or lies outside the support."
+        )
+    eigval, eigvec, negative_definite = _precision_eigen(problem, hess, stacklevel + 1)
+    cov = (eigvec / eigval) @ eigvec.T
+    se_x = np.sqrt(np.diag(cov))
+    newton = np.max(np.abs(cov @ grad) / se_x) if x_mode.size else 0.0
+    if negative_definite and newton > _MAX_NEWTON_SE:
+        warnings.warn(
+            "The EM estimate is not at a mode of the log posterior: a Newton step would move "
+            f"it by {newton:.2g} standard errors. The curvature "
+            "describes the wrong point; refit with a smaller `tol` (and `polish=True`).",
+            LaplaceWarning,
+            stacklevel=stacklevel + 1,
+        )
+    return x_mode, float(log_post), grad, hess, eigval, eigvec, negative_definite
+
+
+def _per_draw(problem: EMProblem, estep, log_jacobian, xs: np.ndarray):
+    """Pointwise log likelihood and ``log_p`` (posterior density of x, up to a constant)."""
+    loglik: dict[str, np.ndarray] = {}
+    log_p = np.empty(len(xs))
+    for d, x in enumerate(xs):
+        e = estep(x)
+        store_log_likelihood(loglik, problem, e, (0, d), (1, len(xs)))
+        # EM's log posterior has no Jacobian (MAP convention); the density of x has.
+        log_p[d] = e.log_posterior + log_jacobian(x)
+    return log_likelihood_dataset(problem, loglik), log_p
+
+
 def laplace(
     em_idata: xr.DataTree,
     *,
@@ -156,6 +225,12 @@ def laplace(
     xarray.DataTree
         - ``posterior``: ``draws`` draws (chain=1) of every parameter and Deterministic,
           mapped back through the transforms, with the model's dims and coords.
+        - ``log_likelihood``: at every draw, the pointwise observed-data log likelihood
+          (latents summed out), named and laid out as in `pm_em.fit`; ``az.loo`` and
+          ``az.compare`` read it (`pm_em.loo` corrects for the draws being Gaussian).
+        - ``sample_stats``: per draw, ``log_p``, the log posterior density of the
+          unconstrained parameters up to a constant (EM's log posterior plus the log
+          Jacobian of the transforms), and ``log_q``, the log density of the Gaussian.
         - ``standard_error``: delta-method standard errors of the same variables (no
           chain/draw).
         - ``fit``: ``mean_vector`` (the mode, unconstrained; dim ``rows``),
@@ -185,32 +260,19 @@ def laplace(
     ...     approx = pm_em.laplace(em, random_seed=2)
     >>> approx["standard_error"]["mu"].values.round(2)  # about sigma / sqrt(n_k)
     array([0.07, 0.06])
+    >>> approx["log_likelihood"]["y"].shape  # (chain, draw, observation)
+    (1, 1000, 500)
     """
     if not (isinstance(draws, int | np.integer) and draws >= 1):
         raise ValueError(f"`draws` must be a positive integer, got {draws!r}.")
     model = pm.modelcontext(model)
-    problem = compile_model(model, latent).problem
+    compiled = compile_model(model, latent)
+    problem = compiled.problem
     kwargs = pytensor_compile_kwargs()
-    x_mode = _mode_x(problem, em_idata)
-    evaluate = compile_log_posterior_hessian(problem, **kwargs)
-    log_post, grad, hess = (np.asarray(a, dtype="float64") for a in evaluate(x_mode))
-    if not np.isfinite(log_post):
-        raise ValueError(
-            f"The log posterior is {float(log_post)} at the estimate in `em_idata`: it does not "
-            "belong to this model or lies outside the support."
-        )
-    eigval, eigvec, negative_definite = _precision_eigen(problem, hess, stacklevel=2)
+    x_mode, log_post, grad, hess, eigval, eigvec, negative_definite = _gaussian_at_mode(
+        problem, em_idata, kwargs, stacklevel=2
+    )
     cov = (eigvec / eigval) @ eigvec.T
-    newton = cov @ grad
-    se_x = np.sqrt(np.diag(cov))
-    if negative_definite and np.max(np.abs(newton) / se_x) > _MAX_NEWTON_SE:
-        warnings.warn(
-            "The EM estimate is not at a mode of the log posterior: a Newton step would move "
-            f"it by {np.max(np.abs(newton) / se_x):.2g} standard errors. The curvature "
-            "describes the wrong point; refit with a smaller `tol` (and `polish=True`).",
-            LaplaceWarning,
-            stacklevel=2,
-        )
 
     values_fn, jac_fn = _compile_values(problem, **kwargs)
     names = [*problem.constrained, *problem.deterministics]
@@ -221,13 +283,19 @@ def laplace(
     rng = np.random.default_rng(random_seed)
     eps = rng.standard_normal((draws, x_mode.size))
     xs = x_mode + (eps / np.sqrt(eigval)) @ eigvec.T  # (draws, n_params)
+    # log N(x | mode, cov), with cov = V diag(1/eigval) Vᵀ.
+    log_q = -0.5 * (eps**2).sum(axis=1) + 0.5 * (np.log(eigval).sum() - x_mode.size * _LOG_2PI)
+    log_likelihood, log_p = _per_draw(
+        problem, compiled.estep, _compile_log_jacobian(problem, **kwargs), xs
+    )
     per_draw = [values_fn(x) for x in xs]
     coords, dims = coords_and_dims_for_inferencedata(model)
+    attrs = {"inference_library": "pm_em.laplace"}
     posterior = dict_to_dataset(
         {n: np.stack([d[i] for d in per_draw])[None] for i, n in enumerate(names)},
         coords=coords,
         dims=dims,
-        attrs={"inference_library": "pm_em.laplace"},
+        attrs=attrs,
     )
     standard_error = dict_to_dataset(
         {
@@ -238,6 +306,7 @@ def laplace(
         dims=dims,
         sample_dims=[],
     )
+    sample_stats = dict_to_dataset({"log_p": log_p[None], "log_q": log_q[None]}, attrs=attrs)
     labels = _row_labels(problem)
     fit = xr.Dataset(
         {
@@ -248,9 +317,15 @@ def laplace(
             "precision_eigenvalues": ("eigen", eigval),
         },
         coords={"rows": labels, "columns": labels, "eigen": np.arange(eigval.size)},
-        attrs={"negative_definite": int(negative_definite), "log_posterior": float(log_post)},
+        attrs={"negative_definite": int(negative_definite), "log_posterior": log_post},
     )
-    groups = {"posterior": posterior, "standard_error": standard_error, "fit": fit}
+    groups = {
+        "posterior": posterior,
+        "log_likelihood": log_likelihood.assign_attrs(attrs),
+        "sample_stats": sample_stats,
+        "standard_error": standard_error,
+        "fit": fit,
+    }
     for group in ("observed_data", "constant_data"):
         if group in em_idata.children:
             groups[group] = em_idata[group].dataset

@@ -1,9 +1,10 @@
 """The model with its discrete latents summed out, and NUTS on it.
 
 `marginalize` rewrites a PyMC model so that each discrete latent and the observed variables
-it explains are replaced by one `pm.Potential` holding ``sum_i logsumexp_k log_joint[i, k]``,
-where ``log_joint`` is the very graph the E-step enumerates
-(`pm_em.reading.problem.Latent.log_joint`).
+it explains are replaced by one `pm.Potential` holding the latent's observed-data log
+likelihood, `pm_em.reading.problem.Latent.log_likelihood_graph`: ``sum_i logsumexp_k
+log_joint[i, k]`` over the very graph the E-step enumerates, or for a Markov chain
+forward–backward over the same emissions (whose gradient is the smoothed expectations).
 EM and NUTS therefore target one density: the marginal model's ``logp(jacobian=False)`` is
 the observed-data log posterior that EM maximizes.
 
@@ -32,8 +33,15 @@ from pm_em.engine.estep import EStepResult
 from pm_em.engine.values import compile_missing
 from pm_em.reading.build import build_problem
 from pm_em.reading.problem import EMProblem
+from pm_em.results.datatree import support_coords
 
-__all__ = ["compile_to_x", "marginalize", "sample_marginal"]
+__all__ = [
+    "compile_to_x",
+    "log_likelihood_dataset",
+    "marginalize",
+    "sample_marginal",
+    "store_log_likelihood",
+]
 
 
 def _potential_name(model: pm.Model, name: str) -> str:
@@ -74,10 +82,13 @@ def _marginal_model(problem: EMProblem) -> pm.Model:
         graph = graph_replace(graph, {problem.x: x_new, **shared}, strict=False)
         return model_potential(graph, _potential_name(model, name))
 
-    # The E-step's sum over each latent's support, exactly as the E-step computes it.
+    # Each explicit latent summed out as the E-step does: its support enumerated (the forward
+    # algorithm for a chain). A marginal mixture is summed out already: it stays as the user
+    # wrote it.
     potentials = [
-        potential(pt.logsumexp(lat.log_joint, axis=-1).sum(), f"{lat.name}_marginal")
+        potential(lat.log_likelihood_graph(), f"{lat.name}_marginal")
         for lat in problem.latents
+        if lat.mixture_of is None
     ]
     # Keep what the observed-data log posterior takes from the model as it is: the parameters
     # (with their priors), the observed variables no latent touches, potentials on the
@@ -86,6 +97,7 @@ def _marginal_model(problem: EMProblem) -> pm.Model:
     observed_names = {rv.name for rv in model.observed_RVs}
     keep = {p.name for p in problem.params} | set(problem.deterministics)
     keep |= set(problem.prior_terms) | (set(problem.log_lik_rest) & observed_names)
+    keep |= _mixture_variables(problem)
     potentials += [
         potential(term.sum(), f"{name}_marginal")
         for name, term in problem.log_lik_rest.items()
@@ -107,15 +119,28 @@ def _marginal_model(problem: EMProblem) -> pm.Model:
     return marginal
 
 
+def _mixture_variables(problem: EMProblem) -> set[str]:
+    """Return the variables of the marginal mixtures, with PyMC's imputation of their NaN."""
+    mixtures = {lat.name: lat.mixture_of for lat in problem.latents if lat.mixture_of}
+    names = set(mixtures.values())
+    for spec in problem.missing:
+        if spec.latent in mixtures:
+            names |= {spec.unobserved, spec.name}
+    return names
+
+
 def marginalize(model: pm.Model | None = None, *, latent: Sequence[str] | None = None) -> pm.Model:
     """Return ``model`` with its discrete latent variables summed out.
 
     The new model has the same continuous free variables (names, priors, transforms, dims,
     coords), the observed variables that no latent touches, the potentials on the
-    parameters and the Deterministics that do not involve a latent. Each latent ``z``, the
-    observed variables it explains and the potentials on it become one `pm.Potential`
-    ``"<z>_marginal"``: ``sum_i logsumexp_k log p(z_i = k, y_i | θ)``, built from the graph
-    the E-step enumerates, so EM and NUTS on this model target the same density.
+    parameters and the Deterministics that do not involve a latent. Each explicit latent
+    ``z``, the observed variables it explains and the potentials on it become one
+    `pm.Potential` ``"<z>_marginal"``: ``sum_i logsumexp_k log p(z_i = k, y_i | θ)``, built
+    from the graph the E-step enumerates (for a `pm_em.MarkovChain`, log p(y | θ) by the
+    forward algorithm), so EM and NUTS on this model target the same density. Marginal
+    mixtures (`pm.Mixture`, `pm.NormalMixture`, ...) are summed out already and stay as they
+    are, with PyMC's own density.
 
     Parameters
     ----------
@@ -203,7 +228,7 @@ def _latent_groups(
     variance over the draws' conditional means and sds.
     """
     model = problem.model
-    coords, dims = coords_and_dims_for_inferencedata(model)
+    coords, _ = coords_and_dims_for_inferencedata(model)
     n_chain, n_draw = xs.shape[:2]
     missing = tuple(getattr(problem, "missing", ()))
     impute = compile_missing(problem, **pytensor_compile_kwargs()) if missing else None
@@ -222,18 +247,14 @@ def _latent_groups(
                     acc[0] = acc[0] + mean
                     acc[1] = acc[1] + sd**2 + mean**2
             if with_loglik:
-                named = zip(_loglik_names(problem), [*e.log_marginal, *e.log_lik_rest])
-                for name, values in named:
-                    values = np.asarray(values)
-                    store = loglik.setdefault(name, np.empty((n_chain, n_draw, *values.shape)))
-                    store[c, d] = values
+                store_log_likelihood(loglik, problem, e, (c, d), (n_chain, n_draw))
     n_total = max(n_chain * n_draw, 1)
     lat_vars = {
         lat.name: xr.DataArray(
             total / n_total,
             dims=(*lat.dims, lat.support_dim),
             coords={
-                lat.support_dim: lat.support,
+                lat.support_dim: support_coords(lat, coords),
                 **{dim: coords[dim] for dim in lat.dims if dim in coords},
             },
         )
@@ -252,20 +273,46 @@ def _latent_groups(
     latent_posterior = xr.Dataset(lat_vars, attrs={"n_draws_averaged": n_total})
     if not with_loglik:
         return latent_posterior, None
-    # Named and laid out as `pm_em.fit`'s log_likelihood group.
+    return latent_posterior, log_likelihood_dataset(problem, loglik)
+
+
+def _loglik_names(problem: EMProblem) -> list[str]:
+    # The same names as `pm_em.fit`'s log_likelihood group.
+    return [*("+".join(lat.observed) or lat.name for lat in problem.latents), *problem.log_lik_rest]
+
+
+def store_log_likelihood(
+    store: dict[str, np.ndarray],
+    problem: EMProblem,
+    e: EStepResult,
+    index: tuple[int, int],
+    sizes: tuple[int, int],
+) -> None:
+    """Write the pointwise log likelihood of E-step result ``e`` at ``store[name][index]``.
+
+    ``store`` maps each name of `pm_em.fit`'s ``log_likelihood`` group to an array of shape
+    ``(*sizes, *pointwise shape)`` (chain, draw first), created on first use.
+    """
+    for name, values in zip(_loglik_names(problem), [*e.log_marginal, *e.log_lik_rest]):
+        values = np.asarray(values)
+        if name not in store:
+            store[name] = np.empty((*sizes, *values.shape))
+        store[name][index] = values
+
+
+def log_likelihood_dataset(problem: EMProblem, loglik: dict[str, np.ndarray]) -> xr.Dataset:
+    """Package per-draw pointwise log likelihoods as `pm_em.fit`'s ``log_likelihood`` group.
+
+    ``loglik`` is what `store_log_likelihood` filled: arrays with (chain, draw) first.
+    """
+    coords, dims = coords_and_dims_for_inferencedata(problem.model)
     lat_dims = {"+".join(lat.observed) or lat.name: list(lat.dims) for lat in problem.latents}
     rest_dims = {
         name: list(d)
         for name, d in getattr(problem, "log_lik_dims", {}).items()
         if d is not None and name in problem.log_lik_rest
     }
-    log_likelihood = dict_to_dataset(loglik, coords=coords, dims={**dims, **rest_dims, **lat_dims})
-    return latent_posterior, log_likelihood
-
-
-def _loglik_names(problem: EMProblem) -> list[str]:
-    # The same names as `pm_em.fit`'s log_likelihood group.
-    return [*("+".join(lat.observed) or lat.name for lat in problem.latents), *problem.log_lik_rest]
+    return dict_to_dataset(loglik, coords=coords, dims={**dims, **rest_dims, **lat_dims})
 
 
 def sample_marginal(
@@ -274,7 +321,9 @@ def sample_marginal(
     """Sample the model with its discrete latents summed out, with `pm.sample` (NUTS).
 
     The sampled model is `marginalize(model, latent=latent)`, whose log density is the one
-    EM maximizes. The result is PyMC's DataTree plus the groups that line it up with
+    EM maximizes; a model whose only latents are marginal mixtures (`pm.Mixture`,
+    `pm.NormalMixture`, zero-inflated and hurdle likelihoods) is already marginal and is
+    sampled as it is. The result is PyMC's DataTree plus the groups that line it up with
     `pm_em.fit`'s result.
 
     Parameters
@@ -314,7 +363,10 @@ def sample_marginal(
     # fit's own key, so that a model already fitted is not compiled again.
     compiled = compile_model(model, latent)
     problem = compiled.problem
-    marginal = _marginal_model(problem)
+    # A model whose only latents are marginal mixtures is sampled as the user wrote it (PyMC's
+    # own mixture density); explicit latents are summed out into a new model.
+    explicit = any(lat.mixture_of is None for lat in problem.latents)
+    marginal = _marginal_model(problem) if explicit else model
     with marginal:
         idata = pm.sample(idata_kwargs=idata_kwargs, **kwargs)
 

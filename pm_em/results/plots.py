@@ -1,13 +1,13 @@
 """Plots of an EM fit, alone and beside a posterior sample (matplotlib, through ArviZ).
 
 - `plot_convergence`: the observed-data log posterior per EM iteration, and its increments.
-- `plot_mixture`: the fitted mixture density over a histogram of 1-D data, or over a scatter
-  of 2-D data.
 - `plot_em_posterior`: the EM estimate (and a Laplace interval) on the posterior density of
   every parameter, with EM's components aligned with the posterior's first.
 
-The first two return a `matplotlib.figure.Figure`; the third returns ArviZ's
-`PlotCollection` (its ``.savefig`` writes it, ``.viz["figure"]`` is the figure).
+`plot_convergence` returns a `matplotlib.figure.Figure`; `plot_em_posterior` returns ArviZ's
+`PlotCollection` (its ``.savefig`` writes it, ``.viz["figure"]`` is the figure). The fitted
+mixture is drawn by `pm_em.results.mixture_plot`, EM beside NUTS as a forest plot by
+`pm_em.results.forest`.
 """
 
 from collections.abc import Sequence
@@ -16,11 +16,10 @@ import arviz as az
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
-from matplotlib.tri import Triangulation
 
 from pm_em.results.compare import _em_point, align_components
 
-__all__ = ["plot_convergence", "plot_em_posterior", "plot_mixture"]
+__all__ = ["plot_convergence", "plot_em_posterior"]
 
 _SAMPLE = ("chain", "draw")
 
@@ -70,116 +69,6 @@ def plot_convergence(em_idata: xr.DataTree) -> Figure:
     right.legend(loc="upper right")
     converged = bool(stats["converged"]) if "converged" in stats else None
     fig.suptitle(f"EM: {trace.size - 1} iterations, converged: {converged}")
-    return fig
-
-
-def _pick_latent(em_idata: xr.DataTree, latent: str | None) -> str:
-    if "latent_posterior" not in em_idata.children:
-        raise ValueError("`em_idata` has no `latent_posterior` group; pass a `pm_em.fit` result.")
-    names = [str(v) for v in em_idata["latent_posterior"].dataset.data_vars]
-    if latent is None:
-        if len(names) != 1:
-            raise ValueError(f"`em_idata` has latents {names}; pick one with `latent=`.")
-        return names[0]
-    if latent not in names:
-        raise ValueError(f"Latent '{latent}' is not in `em_idata.latent_posterior` ({names}).")
-    return latent
-
-
-def plot_mixture(em_idata: xr.DataTree, *, latent: str | None = None, bins: int = 40) -> Figure:
-    """Plot the fitted mixture density over the data.
-
-    The density is read from the fit itself: at each observation ``y_i`` the mixture
-    density is ``exp(log_likelihood_i)`` (the latent summed out) and component ``k``'s
-    weighted density is ``p(z_i = k | y_i) * exp(log_likelihood_i)``. For 1-D data it is
-    drawn over a density histogram; for 2-D data as contours over a scatter coloured by
-    the most probable component. This is the density of the data only for mixtures whose
-    components do not depend on covariates.
-
-    Parameters
-    ----------
-    em_idata : xarray.DataTree
-        The result of `pm_em.fit`.
-    latent : str, optional
-        Which latent's mixture to draw; needed only when the model has several.
-    bins : int, default 40
-        Histogram bins (1-D).
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-    """
-    name = _pick_latent(em_idata, latent)
-    resp = em_idata["latent_posterior"][name]
-    support_dim = resp.dims[-1]
-    elem_dims = resp.dims[:-1]
-    if "log_likelihood" not in em_idata.children or "observed_data" not in em_idata.children:
-        raise ValueError("`em_idata` needs `log_likelihood` and `observed_data` groups.")
-    loglik = em_idata["log_likelihood"].dataset
-    observed = em_idata["observed_data"].dataset
-    candidates = [
-        str(v)
-        for v in loglik.data_vars
-        if v in observed and tuple(d for d in loglik[v].dims if d not in _SAMPLE) == elem_dims
-    ]
-    if len(candidates) != 1:
-        raise ValueError(
-            f"Latent '{name}' explains {len(candidates)} observed variables with one value per "
-            f"element ({candidates}); `plot_mixture` draws a mixture of one observed variable."
-        )
-    obs = candidates[0]
-    ll = loglik[obs]
-    if ll.sizes.get("chain", 1) * ll.sizes.get("draw", 1) != 1:
-        raise ValueError("`plot_mixture` draws an EM estimate (chain=1, draw=1).")
-    density = np.exp(ll.squeeze(_SAMPLE, drop=True).values.ravel())  # (n,)
-    r = resp.values.reshape(-1, resp.sizes[support_dim])  # (n, K)
-    data = observed[obs]
-    extra = [d for d in data.dims if d not in elem_dims]
-    labels = [str(k) for k in resp[support_dim].values]
-    if not extra:
-        return _mixture_1d(data.values.ravel(), density, r, labels, obs, name, bins)
-    if len(extra) == 1 and data.sizes[extra[0]] == 2:
-        points = data.transpose(*elem_dims, extra[0]).values.reshape(-1, 2)
-        return _mixture_2d(points, density, r, labels, obs, name)
-    raise ValueError(
-        f"Observed variable '{obs}' has {1 + len(extra)}-D values per element; `plot_mixture` "
-        "draws 1-D and 2-D data."
-    )
-
-
-def _mixture_1d(y, density, r, labels, obs, name, bins) -> Figure:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
-    ax.hist(y, bins=bins, density=True, color="0.8", edgecolor="white", label="data")
-    order = np.argsort(y)
-    for k, label in enumerate(labels):
-        weighted = (r[:, k] * density)[order]
-        ax.plot(y[order], weighted, "--", color=f"C{k + 1}", label=f"{name}={label}")
-    ax.plot(y[order], density[order], color="C0", linewidth=2, label="mixture")
-    ax.set(xlabel=obs, ylabel="density", title=f"Fitted mixture of '{obs}' (EM estimate)")
-    ax.legend()
-    return fig
-
-
-def _mixture_2d(points, density, r, labels, obs, name) -> Figure:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 5), layout="constrained")
-    hard = r.argmax(axis=1)
-    for k, label in enumerate(labels):
-        mine = hard == k
-        ax.scatter(*points[mine].T, s=8, alpha=0.6, color=f"C{k + 1}", label=f"{name}={label}")
-    tri = Triangulation(points[:, 0], points[:, 1])
-    # Drop the long, thin triangles at the hull, where no data pins the density down.
-    corners = points[tri.triangles]  # (n_tri, 3, 2)
-    edges = np.linalg.norm(corners - np.roll(corners, 1, axis=1), axis=2).max(axis=1)
-    tri.set_mask(edges > np.quantile(edges, 0.95))
-    levels = np.quantile(density, [0.1, 0.3, 0.5, 0.7, 0.9])
-    contour = ax.tricontour(tri, density, levels=np.unique(levels), colors="C0", linewidths=1)
-    ax.clabel(contour, fontsize=7, fmt="%.2g")
-    ax.set(xlabel=f"{obs}[0]", ylabel=f"{obs}[1]", title=f"Fitted mixture of '{obs}' (EM)")
-    ax.legend(loc="best")
     return fig
 
 

@@ -124,28 +124,48 @@ def test_label_switching_between_chains_warns():
         pm_em.compare(em_tree(), post)
 
 
+def _two_dim_trees(mu_dim="component", with_weights=False, seed=0):
+    """EM and posterior trees where two dims (mu_dim, "feature") both have length 2."""
+    em_vars = {"mu": np.array([[[-1.0, 3.0]]]), "beta": np.full((1, 1, 2), 0.2)}
+    dims = {"mu": [mu_dim], "beta": ["feature"], "w": [mu_dim]}
+    rng = np.random.default_rng(seed)
+    post_vars = {
+        "mu": rng.normal([3.0, -1.0], 0.1, size=(2, 50, 2)),  # components swapped
+        "beta": rng.normal(0.2, 0.1, size=(2, 50, 2)),
+    }
+    if with_weights:
+        em_vars["w"] = np.array([[[0.3, 0.7]]])
+        post_vars["w"] = np.broadcast_to([0.7, 0.3], (2, 50, 2)).copy()
+    em = with_latent(az.from_dict({"posterior": em_vars}, dims=dims), n_support=2)
+    return em, az.from_dict({"posterior": post_vars}, dims=dims)
+
+
 def test_component_dim_is_explicit_when_ambiguous():
-    em = az.from_dict(
-        {"posterior": {"mu": np.array([[[-1.0, 3.0]]]), "beta": np.zeros((1, 1, 2))}},
-        dims={"mu": ["component"], "beta": ["feature"]},
-    )
-    em = with_latent(em, n_support=2)
-    rng = np.random.default_rng(0)
-    post = az.from_dict(
-        {
-            "posterior": {
-                "mu": rng.normal([-1.0, 3.0], 0.1, size=(2, 50, 2)),
-                "beta": rng.normal(size=(2, 50, 2)),
-            }
-        },
-        dims={"mu": ["component"], "beta": ["feature"]},
-    )
+    # Neither dim carries weights nor is named like "component": the user must say.
+    em, post = _two_dim_trees(mu_dim="group")
     with pytest.raises(ValueError, match="component axis is ambiguous"):
         pm_em.compare(em, post)
-    table = pm_em.compare(em, post, component_dim="component")
-    assert set(table.attrs["alignment"]) == {"component"}
+    table = pm_em.compare(em, post, component_dim="group")
+    assert table.attrs["alignment"] == {"group": [1, 0]}
     table = pm_em.compare(em, post, component_dim=[])
     assert table.attrs["alignment"] == {}
+
+
+@pytest.mark.parametrize(
+    ("mu_dim", "with_weights"),
+    [
+        ("group", True),  # the dim the weights (a simplex) live on
+        ("component", False),  # no weights variable: the dim named like "component"
+        ("mixture_component", True),
+    ],
+)
+def test_component_dim_inferred_from_the_weights_or_the_name(mu_dim, with_weights):
+    em, post = _two_dim_trees(mu_dim=mu_dim, with_weights=with_weights)
+    assert {k: v.tolist() for k, v in pm_em.align_components(em, post).items()} == {mu_dim: [1, 0]}
+    table = pm_em.compare(em, post)
+    # Posterior component 0 (mean 3) is matched with EM's component 1 (mu = 3).
+    assert table.loc["mu[0]", "em"] == 3.0
+    assert table.loc["mu[0]", "em_label"] == "mu[1]"
 
 
 def test_compare_errors_name_the_variable():
