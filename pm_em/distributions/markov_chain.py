@@ -7,8 +7,8 @@ scan inside it; the log density, the support point and resizing are registered b
 chain works in any PyMC model (prior predictive, ``pm.sample`` with the Gibbs step of
 `pm_em.distributions.step`), and pm_em recognizes it by its Op (`pm_em.reading.chains`).
 
-Shapes: ``P`` is (*b, K, K) with rows summing to 1; the chain is (*batch, T) with time last,
-``T = steps + 1``, and ``batch`` the broadcast of ``P``'s batch (*b) and the initial
+Shapes: ``P`` is ``(*b, K, K)`` with rows summing to 1; the chain is ``(*batch, T)`` with time last,
+``T = steps + 1``, and ``batch`` the broadcast of ``P``'s batch ``b`` and the initial
 distribution's shape.
 """
 
@@ -47,11 +47,11 @@ def stationary_distribution(P) -> TensorVariable:
 
     Parameters
     ----------
-    P : tensor_like of shape (*b, K, K)
+    P : tensor_like of shape ``(*b, K, K)``
 
     Returns
     -------
-    TensorVariable of shape (*b, K)
+    TensorVariable of shape ``(*b, K)``
 
     Examples
     --------
@@ -139,7 +139,7 @@ class MarkovChain(Distribution):
 
     Parameters
     ----------
-    P : tensor_like of shape (*b, K, K)
+    P : tensor_like of shape ``(*b, K, K)``
         Transition probabilities, ``P[i, j] = p(z_t = j | z_{t-1} = i)``; each row sums to 1
         (e.g. ``pm.Dirichlet("P", a=np.ones((K, K)))``). Leading axes batch sequences.
     init_dist : Categorical distribution or "stationary"
