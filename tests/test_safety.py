@@ -466,6 +466,15 @@ def test_runs_at_different_optima_warn():
     assert int(idata.em_stats["best_restart"]) in (1, 2)
 
 
+
+def test_chunked_fit_lists_its_optima_and_warns():
+    """A chunked fit reports restarts as an in-memory one does (its own restart loop)."""
+    x = _three_clusters()
+    with pytest.warns(pm_em.MultipleOptimaWarning, match=r"reached by 1 of the 2 EM runs"):
+        idata = _fit(_gmm(x, 3), n_init=2, init=_starts("good", "symmetric"), chunk_size=256)
+    assert list(idata.em_stats["optimum_n_runs"].values) == [1, 1]
+    assert list(idata.em_stats["restart_optimum"].values) == [0, 1]
+
 # --------------------------------------------------------------------- 6. pm.set_data
 
 
@@ -577,6 +586,8 @@ def test_dirichlet_below_one_warns():
         r"1: its density is unbounded",
     ):
         _fit(model, random_seed=0)
+    with pytest.warns(pm_em.BoundaryPriorWarning, match=r"The prior of 'w'"):
+        _fit(model, random_seed=0, chunk_size=100)
 
 
 def test_no_convergence_warning_when_the_polish_reached_the_mode():
