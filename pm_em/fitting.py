@@ -473,6 +473,16 @@ def _warn_about(compiled, best: EMRun, optima, *, max_iter, tol, polished) -> No
             ),
             EMConvergenceWarning,
         )
+    elif _far_from_mode(best.mode):
+        # EM "converged" (its steps became small) where the log posterior is still steep:
+        # a slow or stalled M-step, which no other check sees.
+        warn(
+            "EM stopped where the log posterior is not at a mode: a Newton step would move "
+            f"the estimate by {best.mode.newton_se:.3g} standard errors (largest gradient "
+            f"entry {best.mode.gradient_norm:.3g}). Lower `tol`, keep `polish=True`, or check "
+            "that the M-step can move every parameter (`em_stats.newton_step_se`).",
+            EMConvergenceWarning,
+        )
     _warn_about_optima(optima)
     for name, ks in empty_components(compiled.problem, best.estep).items():
         warn(
@@ -481,6 +491,20 @@ def _warn_about(compiled, best: EMRun, optima, *, max_iter, tol, polished) -> No
             "fewer components.",
             EmptyComponentWarning,
         )
+
+
+# A Newton step longer than this many standard errors means the estimate is not the mode.
+FAR_FROM_MODE_SE = 1.0
+
+
+def _far_from_mode(check) -> bool:
+    """Tell whether the full-Hessian check of the estimate puts the mode far from it."""
+    return (
+        check is not None
+        and check.method == "hessian"
+        and not check.is_saddle
+        and bool(check.newton_se > FAR_FROM_MODE_SE)
+    )
 
 
 def _warn_about_optima(optima) -> None:

@@ -635,3 +635,39 @@ def test_e_step_result_contract_is_what_health_reads():
     )
     found = health.degenerate(e)
     assert found is not None and found.component == 0 and found.latent == "z"
+
+
+# ------------------------------------------- a stalled M-step: converged, yet not a mode
+
+
+def _mvnormal_in_a_data_container(n=300, seed=0):
+    """A 2-D MvNormal mixture whose data are a ``pm.Data`` with dims (no static shape)."""
+    # The seed sweep's overlapping clusters (tests/test_reliability.py), where a numeric
+    # M-step of the covariances stalls at seed 0 (separated clusters do not show it).
+    covs = [[[1.0, 0.5], [0.5, 1.0]], [[1.0, -0.3], [-0.3, 0.6]], [[0.5, 0.0], [0.0, 1.5]]]
+    means = [[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]]
+    y = O.mvnormal_mixture_data(np.random.default_rng(seed), n, [0.3, 0.4, 0.3], means, covs)[0]
+    with pm.Model(coords={"obs": range(len(y)), "coord": ["a", "b"], "k": range(3)}) as model:
+        data = pm.Data("y_data", y, dims=("obs", "coord"))
+        w = pm.Dirichlet("w", a=np.ones(3), dims="k")
+        z = pm.Categorical("z", p=w, dims="obs")
+        mu = pm.Flat("mu", dims=("k", "coord"))
+        cov = pm.Flat("cov", shape=(3, 2, 2), initval=np.repeat(np.eye(2)[None], 3, 0))
+        pm.MvNormal("y", mu=mu[z], cov=cov[z], observed=data, dims=("obs", "coord"))
+    return model
+
+
+def test_mvnormal_rows_of_a_data_container_are_in_closed_form():
+    """The row length comes from the means when the container's static shape is unknown."""
+    compiled = compile_model(_mvnormal_in_a_data_container(), None, None)
+    assert compiled.mstep.plan is not None and compiled.mstep.plan.complete
+
+
+def test_a_stalled_m_step_is_not_reported_as_a_mode(monkeypatch):
+    """Without the closed form the numeric M-step stalls; the mode check must say so."""
+    import pm_em.closed_form.mvnormal as mvnormal
+
+    monkeypatch.setattr(mvnormal, "_row_length", lambda *args: None)
+    with pytest.warns(pm_em.EMConvergenceWarning, match=r"not at a mode: a Newton step"):
+        idata = _fit(_mvnormal_in_a_data_container(), random_seed=0)
+    assert float(idata.em_stats["newton_step_se"]) > 1.0

@@ -142,21 +142,28 @@ def kmeans_solutions(
     -------
     list of (inertia, centers)
         Within-cluster sum of squares and centres of shape (n_clusters, n_features), sorted
-        by inertia; solutions with the same centres (to 1e-8) appear once. Computed on at
-        most `KMEANS_SAMPLE` rows drawn at random.
+        by inertia, those with a cluster of fewer than d + 2 rows last; solutions with the
+        same centres (to 1e-8) appear once. Computed on at most `KMEANS_SAMPLE` rows drawn
+        at random.
     """
     n = features.shape[0]
     sample = features
     if n > KMEANS_SAMPLE:
         sample = features[np.sort(rng.choice(n, KMEANS_SAMPLE, replace=False))]
     found: list[tuple[float, np.ndarray]] = []
+    tiny: list[bool] = []
+    min_size = min(features.shape[1] + 2, max(sample.shape[0] // n_clusters, 1))
     for _ in range(n_seeds):
         centers, inertia = _lloyd(sample, _kmeanspp(sample, n_clusters, rng), 100)
         centers = centers[np.lexsort(centers.T[::-1])]
         if not any(np.allclose(centers, c, rtol=0, atol=1e-8) for _, c in found):
             found.append((inertia, centers))
-    found.sort(key=lambda item: item[0])
-    return found
+            labels, _ = _nearest(sample, centers)
+            tiny.append(bool(np.bincount(labels, minlength=n_clusters).min() < min_size))
+    # A cluster of a point or two (an outlier of heavy-tailed data) starts a component of
+    # zero scale, which collapses at once: such solutions come after all the others.
+    order = sorted(range(len(found)), key=lambda i: (tiny[i], found[i][0]))
+    return [found[i] for i in order]
 
 
 def kmeans_labels(features: np.ndarray, centers: np.ndarray) -> np.ndarray:
