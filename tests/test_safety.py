@@ -466,7 +466,6 @@ def test_runs_at_different_optima_warn():
     assert int(idata.em_stats["best_restart"]) in (1, 2)
 
 
-
 def test_chunked_fit_lists_its_optima_and_warns():
     """A chunked fit reports restarts as an in-memory one does (its own restart loop)."""
     x = _three_clusters()
@@ -474,6 +473,7 @@ def test_chunked_fit_lists_its_optima_and_warns():
         idata = _fit(_gmm(x, 3), n_init=2, init=_starts("good", "symmetric"), chunk_size=256)
     assert list(idata.em_stats["optimum_n_runs"].values) == [1, 1]
     assert list(idata.em_stats["restart_optimum"].values) == [0, 1]
+
 
 # --------------------------------------------------------------------- 6. pm.set_data
 
