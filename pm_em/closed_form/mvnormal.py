@@ -120,7 +120,7 @@ def match_mvnormal(ctx: Context, comps: Components) -> Block | None:
 
 
 def _row_length(data: Variable, y: Variable, mu: Role, ctx: Context) -> int | None:
-    """The length d of a row: from the static types, else the means' declared shape.
+    """Return the length d of a row: from the static types, else the means' declared shape.
 
     A ``pm.Data`` container declared with dims has no static shape (its length can change
     with ``pm.set_data``); the means, one row of d per component, then tell d.
