@@ -23,7 +23,6 @@ from pm_em.engine.health import EMPTY_COUNT
 from pm_em.engine.optima import group_optima
 from pm_em.engine.rows import resolve_sources
 from pm_em.exceptions import (
-    DegenerateRunWarning,
     EMConvergenceWarning,
     EmptyComponentWarning,
     warn,
@@ -61,30 +60,14 @@ class _Connection:
 
 
 def _restarts(engine, *, rngs, init, initvals, progress, run_kwargs) -> list:
-    """Run EM once per generator, as `pm_em.fitting._restarts` does (a degenerate run replaced)."""
-    from pm_em.fitting import _SCALE_PRIOR_HINT
+    """Run EM once per generator, replacing degenerate runs (`pm_em.fitting.run_restarts`)."""
+    from pm_em.fitting import run_restarts
 
-    runs = []
-    n_init, max_iter = len(rngs), run_kwargs["max_iter"]
-    queue = list(rngs)
-    for i, run_rng in enumerate(queue):
-        name = f"{i + 1} of {n_init}" if i < n_init else f"{i + 1} (a replacement)"
-        task = progress.add_task(f"EM run {name}", total=max_iter, log_posterior="…")
+    def one_run(i, run_rng, task):
         x0 = chunked_start(engine, init=init, initvals=initvals, run=i, rng=run_rng)
-        run = run_em_chunked(engine, x0, run_index=i, progress=progress, task=task, **run_kwargs)
-        progress.update(task, total=max(run.n_iter, 1), completed=max(run.n_iter, 1))
-        runs.append(run)
-        if run.status == "degenerate":
-            replaced = i < n_init
-            if replaced:
-                queue.append(run_rng.spawn(1)[0])
-            warn(
-                f"EM run {name} was abandoned: {run.message}. "
-                + ("A replacement run starts elsewhere. " if replaced else "")
-                + _SCALE_PRIOR_HINT,
-                DegenerateRunWarning,
-            )
-    return runs
+        return run_em_chunked(engine, x0, run_index=i, progress=progress, task=task, **run_kwargs)
+
+    return run_restarts(rngs, progress, run_kwargs["max_iter"], one_run)
 
 
 def _warn_about(problem, best, counts, optima, *, max_iter, tol, polished) -> None:

@@ -348,19 +348,10 @@ def _short_em(compiled: CompiledProblem, health: Health) -> Callable:
 def _restarts(
     compiled: CompiledProblem, health: Health, *, rngs, init, initvals, progress, run_kwargs
 ) -> list[EMRun]:
-    """Run EM once per generator in ``rngs``, each from its own start.
-
-    A run that ends degenerate is abandoned with a `DegenerateRunWarning` and replaced by one
-    more restart (a later run of the same ``init``, from a generator spawned from its own),
-    at most one replacement per planned run.
-    """
-    n_init, max_iter = len(rngs), run_kwargs["max_iter"]
-    queue = list(rngs)
-    runs: list[EMRun] = []
+    """Run EM once per generator in ``rngs``, each from its own start (`run_restarts`)."""
     short_em = _short_em(compiled, health)
-    for i, run_rng in enumerate(queue):
-        name = f"{i + 1} of {n_init}" if i < n_init else f"{i + 1} (a replacement)"
-        task = progress.add_task(f"EM run {name}", total=max_iter, log_posterior="…")
+
+    def one_run(i, run_rng, task):
         x0 = initial_x(
             compiled.problem,
             init=init,
@@ -371,9 +362,27 @@ def _restarts(
             mstep=compiled.mstep,
             short_em=short_em,
         )
-        run = run_em(
+        return run_em(
             compiled, x0, health=health, run_index=i, progress=progress, task=task, **run_kwargs
         )
+
+    return run_restarts(rngs, progress, run_kwargs["max_iter"], one_run)
+
+
+def run_restarts(rngs, progress: Progress, max_iter: int, one_run: Callable) -> list[EMRun]:
+    """Run ``one_run(i, rng, task)`` once per generator in ``rngs``; replace degenerate runs.
+
+    A run that ends degenerate is abandoned with a `DegenerateRunWarning` and replaced by one
+    more restart (a later run of the same ``init``, from a generator spawned from its own),
+    at most one replacement per planned run. In memory and chunked fits alike.
+    """
+    n_init = len(rngs)
+    queue = list(rngs)
+    runs: list[EMRun] = []
+    for i, run_rng in enumerate(queue):
+        name = f"{i + 1} of {n_init}" if i < n_init else f"{i + 1} (a replacement)"
+        task = progress.add_task(f"EM run {name}", total=max_iter, log_posterior="…")
+        run = one_run(i, run_rng, task)
         progress.update(task, total=max(run.n_iter, 1), completed=max(run.n_iter, 1))
         runs.append(run)
         if run.status == "degenerate":
