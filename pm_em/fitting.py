@@ -27,6 +27,7 @@ from pm_em.exceptions import (
     warn,
 )
 from pm_em.results.datatree import build_datatree
+from pm_em.timing import stage
 
 __all__ = ["fit"]
 
@@ -226,27 +227,30 @@ def fit(
     # One BLAS thread: the M-step's L-BFGS works on a few parameters, where OpenBLAS's thread
     # start-up and spinning cost ~20x the arithmetic (measured on 2 cores, scipy 1.18).
     with threadpool_limits(1, user_api="blas"):
-        runs = _restarts(
-            compiled,
-            rngs=np.random.default_rng(random_seed).spawn(n_init),
-            init=init,
-            initvals=initvals,
-            progressbar=progressbar,
-            run_kwargs={"max_iter": max_iter, "tol": tol, "accelerate": accelerate},
-        )
+        with stage("EM runs"):
+            runs = _restarts(
+                compiled,
+                rngs=np.random.default_rng(random_seed).spawn(n_init),
+                init=init,
+                initvals=initvals,
+                progressbar=progressbar,
+                run_kwargs={"max_iter": max_iter, "tol": tol, "accelerate": accelerate},
+            )
         best = _best(runs)
         if polish:
-            polish_run(compiled, best)
+            with stage("polish"):
+                polish_run(compiled, best)
     _warn_about(compiled, best, max_iter=max_iter, tol=tol, polished=polish)
-    return build_datatree(
-        compiled.problem,
-        best,
-        runs,
-        best_index=runs.index(best),
-        point_values=compiled.point_values(best.x),
-        missing_values=compiled.impute(best.x, best.estep.resp),
-        elapsed=time.perf_counter() - started,
-    )
+    with stage("result"):
+        return build_datatree(
+            compiled.problem,
+            best,
+            runs,
+            best_index=runs.index(best),
+            point_values=compiled.point_values(best.x),
+            missing_values=compiled.impute(best.x, best.estep.resp),
+            elapsed=time.perf_counter() - started,
+        )
 
 
 def _validate(n_init, max_iter, tol, init) -> None:

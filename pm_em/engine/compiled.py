@@ -12,13 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 import pymc as pm
 
-from pm_em.compiling import LazyFunction, default_compile_kwargs
+from pm_em.compiling import CHECK_MODE, LazyFunction, default_compile_kwargs, resolve_mode
 from pm_em.engine.accel import EMMap
 from pm_em.engine.estep import EStepResult, compile_estep
 from pm_em.engine.mstep import build_mstep, compile_q
 from pm_em.engine.values import compile_missing, compile_point_values
 from pm_em.reading.build import build_problem
 from pm_em.reading.problem import EMProblem
+from pm_em.timing import stage
 
 __all__ = ["CompiledProblem", "compile_model"]
 
@@ -44,6 +45,8 @@ class CompiledProblem:
         The model's variable names when compiled (a model changed since must be re-read).
     em_map : EMMap
         One EM iteration, with the lean E-step when the M-step is closed form.
+    neg_log_post : callable
+        ``neg_log_post(x) -> (-log posterior, gradient)``, the polish's objective.
     """
 
     problem: EMProblem
@@ -54,6 +57,7 @@ class CompiledProblem:
     impute: Callable
     signature: tuple
     em_map: EMMap
+    neg_log_post: Callable
 
 
 # Compile once per model: {model: {(latent, compile options): CompiledProblem}}.
@@ -81,20 +85,41 @@ def compile_model(
     hit = per_model.get(key)
     if hit is not None and hit.signature == signature:
         return hit
-    result = _compile(build_problem(model, latent), dict(compile_kwargs), signature)
+    with stage("build_problem"):
+        problem = build_problem(model, latent)
+    with stage("compile_model"):
+        result = _compile(problem, dict(compile_kwargs), signature)
     per_model[key] = result
     return result
+
+
+def _size(problem: EMProblem) -> int:
+    """Values a fit computes with: latent elements times support values, other observations."""
+    size = sum(int(np.prod(lat.shape)) * lat.support.size for lat in problem.latents)
+    return size + sum(int(np.size(v)) for v in problem.data.values())
 
 
 def _compile(problem: EMProblem, compile_kwargs: dict, signature: tuple) -> CompiledProblem:
     # "lean_mode" is ours, not pytensor's: the backend of the lean E-step alone.
     lean_mode = compile_kwargs.pop("lean_mode", None)
+    compile_kwargs["mode"] = resolve_mode(compile_kwargs.get("mode", "auto"), _size(problem))
     # The model's own E-step; a closed-form model replaces it (build_mstep) and compiles it
     # only to check its lean E-step once.
     estep = LazyFunction(lambda: compile_estep(problem, **compile_kwargs))
     # Q and its gradient compile on first use: a closed-form fit may never need them.
     neg_q = LazyFunction(lambda: compile_q(problem, **compile_kwargs))
-    values = compile_point_values(problem, **compile_kwargs)
-    impute = compile_missing(problem, **compile_kwargs)
-    estep, mstep, em_map = build_mstep(problem, estep, neg_q, lean_mode=lean_mode, **compile_kwargs)
-    return CompiledProblem(problem, estep, neg_q, mstep, values, impute, signature, em_map)
+    # Evaluated once per fit: no full rewrite, no backend compile.
+    values = LazyFunction(lambda: compile_point_values(problem, mode=CHECK_MODE))
+    impute = LazyFunction(lambda: compile_missing(problem, mode=CHECK_MODE))
+    steps = build_mstep(problem, estep, neg_q, lean_mode=lean_mode, **compile_kwargs)
+    return CompiledProblem(
+        problem,
+        steps.estep,
+        neg_q,
+        steps.mstep,
+        values,
+        impute,
+        signature,
+        steps.em_map,
+        steps.neg_log_post,
+    )

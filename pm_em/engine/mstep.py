@@ -12,22 +12,24 @@ lean E-step directly, ``mstep.step(x, stats, resp_at)``.
 """
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
-import pytensor
 import pytensor.tensor as pt
 from scipy.optimize import minimize
 
 from pm_em.closed_form import ClosedFormPlan, match_closed_form
-from pm_em.compiling import CHECK_MODE, compile_with_data
+from pm_em.compiling import CHECK_MODE, LazyFunction, compile_with_data
 from pm_em.engine.accel import EMMap
 from pm_em.engine.estep import LeanEStepResult, compile_estep, compile_lean_estep
+from pm_em.engine.objective import compile_neg_log_post, estep_objective
 from pm_em.exceptions import EMWarning, warn
 from pm_em.reading.problem import EMProblem
 
 __all__ = [
     "ClosedFormMStep",
     "NumericMStep",
+    "Steps",
     "build_mstep",
     "compile_q",
     "compile_stats",
@@ -54,9 +56,14 @@ def compile_q(problem: EMProblem, **compile_kwargs) -> QFunction:
         q = q + pt.switch(resp > 0, resp * lat.log_joint, 0.0).sum()
     for term in problem.log_lik_rest.values():
         q = q + term.sum()
-    neg_q = -q
-    grad = pytensor.grad(neg_q, problem.x)
-    fn = compile_with_data(problem.model, [problem.x, *resp_vars], [neg_q, grad], **compile_kwargs)
+    fn = compile_with_data(
+        problem.model,
+        [problem.x, *resp_vars],
+        [-q],
+        name="Q and gradient",
+        grad_of=0,
+        **compile_kwargs,
+    )
 
     def neg_q_and_grad(x: np.ndarray, *resp: np.ndarray) -> tuple[float, np.ndarray]:
         value, g = fn(x, *resp)
@@ -141,7 +148,9 @@ def compile_stats(problem: EMProblem, plan: ClosedFormPlan) -> Callable:
     stats = plan.stat_graphs(resp_vars)
     # The statistics from given responsibilities serve starting points and ECM steps:
     # numpy-speed Python-linked ops are enough, and cost no backend compile.
-    fn = compile_with_data(problem.model, [problem.x, *resp_vars], stats, mode=CHECK_MODE)
+    fn = compile_with_data(
+        problem.model, [problem.x, *resp_vars], stats, name="statistics", mode=CHECK_MODE
+    )
 
     def stats_from_resp(x: np.ndarray, *resp: np.ndarray) -> tuple[np.ndarray, ...]:
         return tuple(np.asarray(v) for v in fn(np.asarray(x, dtype="float64"), *resp))
@@ -244,6 +253,28 @@ class CheckedLeanEStep:
         return e
 
 
+@dataclass(frozen=True)
+class Steps:
+    """The functions EM iterates with, as `build_mstep` chose them.
+
+    Attributes
+    ----------
+    estep : callable
+        ``estep(x) -> EStepResult``, with responsibilities.
+    mstep : callable
+        ``mstep(x, resp) -> x_new``.
+    em_map : EMMap
+    neg_log_post : callable
+        ``neg_log_post(x) -> (-log posterior, gradient)``, the polish's objective (compiled on
+        first use).
+    """
+
+    estep: Callable
+    mstep: Callable
+    em_map: EMMap
+    neg_log_post: Callable
+
+
 def build_mstep(
     problem: EMProblem,
     estep: Callable,
@@ -251,14 +282,16 @@ def build_mstep(
     *,
     lean_mode: str | None = None,
     **compile_kwargs,
-) -> tuple[Callable, Callable, EMMap]:
+) -> Steps:
     """Choose the E- and M-steps of ``problem`` and the EM iteration that uses them.
 
     Closed form where `pm_em.closed_form` recognizes the model, numeric otherwise. When the
     closed form covers every parameter, the per-iteration E-step is the lean one (checked
-    once against the model's own E-step, see `CheckedLeanEStep`), and the full E-step (for
-    starting points and results) is compiled from the same broadcasts, which needs a third
-    less memory and time than the model's own graph of gathers.
+    once against the model's own E-step, see `CheckedLeanEStep`, which is then compiled for
+    that one evaluation only, in `pm_em.compiling.CHECK_MODE`), and the full E-step (for
+    starting points and results) and the polish's objective are compiled from the same
+    broadcasts, which needs a third less memory and time than the model's own graph of
+    gathers (and its Q, the costliest graph of a model, is never compiled).
 
     Parameters
     ----------
@@ -277,30 +310,32 @@ def build_mstep(
 
     Returns
     -------
-    estep : callable
-        ``estep(x) -> EStepResult``, with responsibilities.
-    mstep : callable
-        ``mstep(x, resp) -> x_new``.
-    em_map : EMMap
+    Steps
     """
     plan = match_closed_form(problem)
     if plan is None:
         numeric = NumericMStep(neg_q_and_grad)
-        return estep, numeric, EMMap(estep=estep, mstep=lambda x, e: numeric(x, e.resp))
+        em_map = EMMap(estep=estep, mstep=lambda x, e: numeric(x, e.resp))
+        return Steps(estep, numeric, em_map, estep_objective(estep, neg_q_and_grad))
     mstep = ClosedFormMStep(plan, neg_q_and_grad, compile_stats(problem, plan))
     if not plan.complete:
-        return estep, mstep, EMMap(estep=estep, mstep=lambda x, e: mstep(x, e.resp))
+        em_map = EMMap(estep=estep, mstep=lambda x, e: mstep(x, e.resp))
+        return Steps(estep, mstep, em_map, estep_objective(estep, neg_q_and_grad))
     log_joints = [plan.log_joint(j) for j in range(len(problem.latents))]
     full_estep = compile_estep(problem, log_joints=log_joints, **compile_kwargs)
     if lean_mode == "auto":
         n_elements = sum(int(np.prod(lat.shape)) for lat in problem.latents)
         lean_mode = "NUMBA" if n_elements >= AUTO_NUMBA_SIZE else None
     lean_kwargs = {**compile_kwargs, "mode": lean_mode} if lean_mode else compile_kwargs
-    lean_estep = CheckedLeanEStep(compile_lean_estep(problem, plan, **lean_kwargs), estep)
+    # The model's own E-step, evaluated once to check the lean one: no backend compile.
+    reference = LazyFunction(lambda: compile_estep(problem, name="E-step (check)", mode=CHECK_MODE))
+    lean_estep = CheckedLeanEStep(compile_lean_estep(problem, plan, **lean_kwargs), reference)
 
     def lean_mstep(x, e):
         if isinstance(e, LeanEStepResult):
             return mstep.step(x, e.stats, lambda: full_estep(x).resp)
         return mstep(x, e.resp)
 
-    return full_estep, mstep, EMMap(estep=lean_estep, mstep=lean_mstep, lean=True)
+    neg_log_post = LazyFunction(lambda: compile_neg_log_post(problem, log_joints, **compile_kwargs))
+    em_map = EMMap(estep=lean_estep, mstep=lean_mstep, lean=True)
+    return Steps(full_estep, mstep, em_map, neg_log_post)

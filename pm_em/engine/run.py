@@ -11,6 +11,7 @@ from pm_em.engine.estep import EStepResult
 from pm_em.engine.finish import newton_finish, not_worse
 from pm_em.engine.health import check_start, collapse
 from pm_em.engine.monitor import ConvergenceMonitor
+from pm_em.timing import stage
 
 __all__ = ["EMRun", "polish", "run_em"]
 
@@ -49,7 +50,8 @@ def run_em(
     ``"degenerate"``) when `collapse` sees a component collapsing.
     """
     problem = compiled.problem
-    e = compiled.estep(x0)
+    with stage("first E-step"):
+        e = compiled.estep(x0)
     check_start(problem, e, x0, run_index)
     run = EMRun(x=x0, estep=e)
     monitor = ConvergenceMonitor(tol, max_iter)
@@ -88,32 +90,26 @@ def run_em(
 def polish(compiled: CompiledProblem, run: EMRun) -> None:
     """Finish at the exact mode with L-BFGS on the observed-data log posterior.
 
-    EM converges linearly, so its last iterate sits a little short of the mode. The marginal
-    log posterior and its gradient (Fisher's identity: the gradient of Q at the current
-    responsibilities) come from the two compiled functions EM already has.
+    EM converges linearly, so its last iterate sits a little short of the mode. The
+    objective, minus the marginal log posterior and its gradient, is
+    `CompiledProblem.neg_log_post` (`pm_em.engine.objective`): one compiled function for a
+    closed-form model, the E-step and Q's gradient (Fisher's identity) for a numeric one.
     """
     if run.x.size == 0:
         return
-    cache: dict[bytes, EStepResult] = {}
-
-    def neg_log_post(x):
-        e = compiled.estep(x)
-        cache[x.tobytes()] = e
-        if not np.isfinite(e.log_posterior):
-            return np.inf, np.zeros_like(x)
-        _, grad = compiled.neg_q(x, *e.resp)
-        return -e.log_posterior, grad
-
+    # issue 12: the objective is one function of x (no E-step results are kept per
+    # evaluation); the E-step runs once, at the point the polish returns.
+    objective = compiled.neg_log_post
     res = minimize(
-        neg_log_post,
+        objective,
         run.x,
         jac=True,
         method="L-BFGS-B",
         options={"maxiter": 1000, "ftol": 1e-15, "gtol": 1e-10},
     )
     # Newton steps on the gradient: L-BFGS stops ~1e-8 short of the mode (engine/finish.py).
-    x = newton_finish(np.asarray(res.x, dtype="float64"), neg_log_post)
-    e = cache.get(x.tobytes()) or compiled.estep(x)
+    x = newton_finish(np.asarray(res.x, dtype="float64"), objective)
+    e = compiled.estep(x)
     if (
         np.isfinite(e.log_posterior)
         and not_worse(e.log_posterior, run.estep.log_posterior)  # up to rounding

@@ -23,11 +23,13 @@ from pymc.pytensorf import join_nonshared_inputs
 from pytensor.graph.basic import Variable
 from pytensor.graph.traversal import ancestors
 
+from pm_em.reading.initial_point import initial_point
 from pm_em.reading.latents import LatentDraft, read_explicit_latents
 from pm_em.reading.missing import Imputed, find_imputed, missing_values, mvnormal_rows
 from pm_em.reading.mixtures import latent_name, read_marginal_mixtures
 from pm_em.reading.observed import check_observed, observed_data
 from pm_em.reading.problem import EMProblem, Latent, MissingValues, Parameter
+from pm_em.timing import stage
 
 __all__ = ["READERS", "ReadContext", "build_problem"]
 
@@ -100,25 +102,37 @@ def build_problem(model: pm.Model, latent: Sequence[str] | None = None) -> EMPro
         that is not finite, missing values that other variables depend on, or a discrete
         free variable left out of ``latent``.
     """
-    check_observed(model)
-    ctx = _read_context(model, latent)
-    drafts = _select(ctx, [draft for reader in READERS for draft in reader(ctx)])
-    drafts, owner_of = _assign_dependents(ctx, drafts)
+    with stage("check data, initial point"):
+        check_observed(model)
+        ctx = _read_context(model, latent)
+    with stage("find latents"):
+        drafts = _select(ctx, [draft for reader in READERS for draft in reader(ctx)])
+        drafts, owner_of = _assign_dependents(ctx, drafts)
     params_rvs = _parameters(ctx, drafts)
-    prior_terms = _prior_terms(model, params_rvs, owner_of)
-    log_lik_rest, log_lik_dims = _likelihood_rest(ctx, owner_of)
-    built = [draft.build(ctx, draft) for draft in drafts]
+    with stage("log prior, other likelihood terms"):
+        prior_terms = _prior_terms(model, params_rvs, owner_of)
+        log_lik_rest, log_lik_dims = _likelihood_rest(ctx, owner_of)
+    with stage("enumerate latents"):
+        built = [draft.build(ctx, draft) for draft in drafts]
     latents = [spec for spec, _ in built]
     missing = [_missing_values(ctx, imp, drafts, latents, owner_of) for imp in ctx.imputed]
-    problem = _flatten(
-        ctx, params_rvs, latents, missing, prior_terms, log_lik_rest, _deterministics(ctx, drafts)
-    )
+    with stage("flatten parameters"):
+        problem = _flatten(
+            ctx,
+            params_rvs,
+            latents,
+            missing,
+            prior_terms,
+            log_lik_rest,
+            _deterministics(ctx, drafts),
+        )
     problem = replace(
         problem, log_lik_dims={**log_lik_dims, **{lat.name: lat.dims for lat in latents}}
     )
-    for draft, spec, (_, terms) in zip(drafts, problem.latents, built, strict=True):
-        if draft.check is not None:
-            draft.check(problem, spec, terms)
+    with stage("separability check"):
+        for draft, spec, (_, terms) in zip(drafts, problem.latents, built, strict=True):
+            if draft.check is not None:
+                draft.check(problem, spec, terms)
     return problem
 
 
@@ -137,7 +151,7 @@ def _read_context(model: pm.Model, latent: Sequence[str] | None) -> ReadContext:
     return ReadContext(
         model=model,
         latent=None if latent is None else tuple(latent),
-        point=model.initial_point(),
+        point=initial_point(model),
         all_imputed=all_imputed,
         imputed=imputed,
     )
