@@ -153,7 +153,11 @@ class ClosedFormPlan:
                 if not block.claims:
                     continue
                 # Conditional maximization: later blocks see earlier blocks' new values.
-                result = block.update(block_stats, {**current, **new_values})
+                seen = {**current, **new_values}
+                if block.uses_x:  # a numeric step on statistics needs the vector itself
+                    result = block.update(block_stats, seen, x=x)
+                else:
+                    result = block.update(block_stats, seen)
                 if result is None:
                     return None
                 new_values.update(result)
