@@ -47,6 +47,7 @@ __all__ = [
     "compile_with_data",
     "default_compile_kwargs",
     "evaluate",
+    "graph_building",
     "pytensor_compile_kwargs",
     "resolve_mode",
     "stats_mode",
@@ -269,6 +270,17 @@ def evaluate(outputs: Sequence[Variable]) -> list[np.ndarray]:
         return [np.asarray(v) for v in fn()]
 
 
+def graph_building():
+    """Context in which pm_em builds and compiles its own graphs: no creation tracebacks.
+
+    PyTensor records a stack trace for every node it creates (``traceback__limit`` frames,
+    for error messages naming where a node was made); for the thousands of nodes pm_em's
+    graphs, gradients and rewrites create, that is a fifth of a new model's fit, and the
+    frames would point inside pm_em. The user's own model keeps its tracebacks.
+    """
+    return pytensor.config.change_flags(traceback__limit=0)
+
+
 class LazyFunction:
     """A function compiled on its first call (so that a fit that never needs it never pays).
 
@@ -285,5 +297,6 @@ class LazyFunction:
     def __call__(self, *args):
         """Compile if not done yet, then call."""
         if self._fn is None:
-            self._fn = self._build()
+            with graph_building():
+                self._fn = self._build()
         return self._fn(*args)

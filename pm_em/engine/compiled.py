@@ -12,7 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 import pymc as pm
 
-from pm_em.compiling import CHECK_MODE, LazyFunction, default_compile_kwargs, resolve_mode
+from pm_em.compiling import (
+    CHECK_MODE,
+    LazyFunction,
+    default_compile_kwargs,
+    graph_building,
+    resolve_mode,
+)
 from pm_em.engine.accel import EMMap
 from pm_em.engine.estep import EStepResult, compile_estep
 from pm_em.engine.mstep import build_mstep, compile_q
@@ -85,10 +91,11 @@ def compile_model(
     hit = per_model.get(key)
     if hit is not None and hit.signature == signature:
         return hit
-    with stage("build_problem"):
-        problem = build_problem(model, latent)
-    with stage("compile_model"):
-        result = _compile(problem, dict(compile_kwargs), signature)
+    with graph_building():
+        with stage("build_problem"):
+            problem = build_problem(model, latent)
+        with stage("compile_model"):
+            result = _compile(problem, dict(compile_kwargs), signature)
     per_model[key] = result
     return result
 

@@ -71,6 +71,23 @@ class ReadContext:
         return {self.model[imp.observed]: imp for imp in self.imputed}
 
     @cached_property
+    def _logp_terms(self) -> dict[Variable, Variable]:
+        # One call for every variable: PyMC rewrites the whole model's graph at each call.
+        variables = [*self.model.basic_RVs, *self.model.potentials]
+        try:
+            terms = self.model.logp(vars=variables, jacobian=False, sum=False)
+        except Exception:  # a variable PyMC cannot give a density alone: one call each
+            return {}
+        return dict(zip(variables, terms, strict=True))
+
+    def logp_of(self, var: Variable) -> Variable:
+        """Elementwise log density of a model variable or potential (no Jacobian)."""
+        term = self._logp_terms.get(var)
+        if term is None:
+            (term,) = self.model.logp(vars=[var], jacobian=False, sum=False)
+        return term
+
+    @cached_property
     def unobserved(self) -> dict[Variable, Imputed]:
         """The imputed variables, keyed on PyMC's ``<name>_unobserved`` random variable."""
         return {self.model[imp.unobserved]: imp for imp in self.imputed}
@@ -110,7 +127,7 @@ def build_problem(model: pm.Model, latent: Sequence[str] | None = None) -> EMPro
         drafts, owner_of = _assign_dependents(ctx, drafts)
     params_rvs = _parameters(ctx, drafts)
     with stage("log prior, other likelihood terms"):
-        prior_terms = _prior_terms(model, params_rvs, owner_of)
+        prior_terms = _prior_terms(ctx, params_rvs, owner_of)
         log_lik_rest, log_lik_dims = _likelihood_rest(ctx, owner_of)
     with stage("enumerate latents"):
         built = [draft.build(ctx, draft) for draft in drafts]
@@ -248,13 +265,10 @@ def _parameters(ctx: ReadContext, drafts: list[LatentDraft]) -> list[Variable]:
     return [rv for rv in ctx.model.free_RVs if rv not in hidden]
 
 
-def _prior_terms(model, params_rvs, owner_of) -> dict[str, Variable]:
+def _prior_terms(ctx: ReadContext, params_rvs, owner_of) -> dict[str, Variable]:
     """Return the log prior per term: parameters (no Jacobian, as find_MAP), their potentials."""
-    prior_vars = params_rvs + [p for p in model.potentials if p not in owner_of]
-    if not prior_vars:
-        return {}
-    terms = model.logp(vars=prior_vars, jacobian=False, sum=False)
-    return {v.name: t.sum() for v, t in zip(prior_vars, terms, strict=True)}
+    prior_vars = params_rvs + [p for p in ctx.model.potentials if p not in owner_of]
+    return {v.name: ctx.logp_of(v).sum() for v in prior_vars}
 
 
 def _likelihood_rest(ctx: ReadContext, owner_of):
@@ -271,7 +285,7 @@ def _likelihood_rest(ctx: ReadContext, owner_of):
             log_lik_dims[imp.name] = tuple(user_dims[:-1]) if user_dims else None
         else:
             name = imp.name if imp else rv.name
-            (log_lik_rest[name],) = model.logp(vars=[rv], jacobian=False, sum=False)
+            log_lik_rest[name] = ctx.logp_of(rv)
             # With missing entries, one term per observed entry (PyMC's flat y_observed).
             log_lik_dims[name] = (f"{imp.observed}_dim_0",) if imp else None
     return log_lik_rest, log_lik_dims

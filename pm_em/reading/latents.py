@@ -137,8 +137,18 @@ def term_shapes(model: pm.Model, graphs: list[Variable], point: dict) -> list[tu
     return [tuple(int(s) for s in shp) for shp in fn(*(point[v.name] for v in inputs))]
 
 
-def group_terms(model, variables, by_observed: dict[Variable, Imputed], point) -> list[Term]:
-    """Return the elementwise log density of each of ``variables`` (missing ones integrated out)."""
+def group_terms(
+    model, variables, by_observed: dict[Variable, Imputed], point, logp_of=None
+) -> list[Term]:
+    """Return the elementwise log density of each of ``variables`` (missing ones integrated out).
+
+    ``logp_of(var)``, if given, returns a variable's elementwise log density (no Jacobian).
+    """
+    if logp_of is None:
+
+        def logp_of(var):
+            return model.logp(vars=[var], jacobian=False, sum=False)[0]
+
     terms = []
     for var in variables:
         imp = by_observed.get(var)
@@ -146,7 +156,7 @@ def group_terms(model, variables, by_observed: dict[Variable, Imputed], point) -
             graph = mvnormal_rows(model, imp)[0]
             terms.append(Term(imp.name, graph, imp.mask.shape[:-1]))
             continue
-        (graph,) = model.logp(vars=[var], jacobian=False, sum=False)
+        graph = logp_of(var)
         if imp is not None:
             positions = np.flatnonzero(~imp.mask.ravel())
             terms.append(Term(imp.name, graph, (positions.size,), positions, imp.mask.shape))
@@ -169,7 +179,7 @@ def build_explicit(ctx, draft: LatentDraft) -> tuple[Latent, list[Term]]:
     support = finite_support(z, name)
     zv = model.rvs_to_values[z]
     z_shape = tuple(np.shape(ctx.point[zv.name]))
-    terms = group_terms(model, [z, *deps], ctx.by_observed, ctx.point)
+    terms = group_terms(model, [z, *deps], ctx.by_observed, ctx.point, ctx.logp_of)
     joint = _enumerated_joint(model, zv, support, z_shape, terms, name)
     log_joint = pt.moveaxis(joint, 0, -1)
     observed = tuple(
