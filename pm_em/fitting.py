@@ -102,7 +102,8 @@ def fit(
         Passed to `pymc.pytensorf.compile`, e.g. ``{"mode": "NUMBA"}``; the extra key
         ``"lean_mode"`` sets the backend of the per-iteration E-step of a closed-form model
         alone (``"auto"``: Numba for large data). Default:
-        `pm_em.compiling.default_compile_kwargs`, ``{"mode": "CVM", "lean_mode": "auto"}``.
+        `pm_em.compiling.default_compile_kwargs`, ``{"mode": "auto", "lean_mode": "auto"}``
+        (``"auto"``: PyTensor's Python linker for small problems, C "CVM" for larger ones).
     data : dict of {str: array_like}, optional
         Rows for this fit, in place of the model's own: keys are ``pm.Data`` containers or
         observed variables whose leading axis is the latent elements (the rows); values are
