@@ -20,6 +20,9 @@ Sections:
 5. SQUAREM: iterations and time to convergence, plain against accelerated EM;
 6. scaling (only with ``--only scaling``: it writes ~1 GB of zarr stores and takes about
    20 minutes): chunked and distributed EM up to n = 1e8, see benchmarks/scaling.py.
+
+``--hmm`` runs the hidden Markov model benchmark against hmmlearn instead (benchmarks/hmm.py;
+the other arguments go to it).
 """
 
 import argparse
@@ -379,6 +382,12 @@ def print_tables(results, modes):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--hmm" in argv:  # the HMM benchmark is its own script, with its own options
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import hmm
+
+        return hmm.main([a for a in argv if a != "--hmm"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     jax = importlib.util.find_spec("jax") is not None
     parser.add_argument(

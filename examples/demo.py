@@ -9,6 +9,9 @@ PyMC model and calls `pm_em.fit`; nothing else is needed.
 4. A bivariate normal with entries missing in one column: imputations with their sd.
 5. EM beside NUTS on the same mixture (examples/em_vs_nuts.py): the comparison table and
    plots, written to the folder given by ``--output`` (default ``em_demo_output/``).
+6. A hidden Markov model on the federal funds rate (examples/hmm_fedfunds.py): two regimes
+   of the mean, against statsmodels' reference log likelihoods; the states plot goes to
+   ``--output`` too.
 """
 
 import argparse
@@ -140,6 +143,11 @@ def main(argv=None):
         import em_vs_nuts  # the example script next to this one
 
         em_vs_nuts.main(args.output)
+    _header("6. Hidden Markov model: regimes of the federal funds rate")
+    sys.path.insert(0, str(Path(__file__).parent))
+    import hmm_fedfunds  # the example script next to this one
+
+    hmm_fedfunds.main([], output=args.output)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """pm_em: Expectation-Maximization for PyMC models.
 
-Declare a mixture or missing-data model the ordinary PyMC way and `fit` returns its posterior
-mode as an ArviZ `xarray.DataTree` that sits beside a NUTS result.
+Declare a mixture, missing-data or hidden Markov model (`MarkovChain`) the ordinary PyMC way
+and `fit` returns its posterior mode as an ArviZ `xarray.DataTree` that sits beside a NUTS
+result.
 
 Layout (data flow one way; docs/architecture.md has one line per module and how to extend):
-`pm_em.reading` turns a model into an `EMProblem` (latent readers in `reading.build.READERS`);
+`pm_em.distributions` adds `MarkovChain` to PyMC, with the numerics of its marginals
+(forward–backward, Viterbi); `pm_em.reading` turns a model into an `EMProblem` (latent
+readers in `reading.build.READERS`);
 `pm_em.closed_form` recognizes closed-form M-steps (one module per family, registered in
 `closed_form.registry.COMPONENTS`); `pm_em.engine` runs the E- and M-steps, restarts and the
 polish; `pm_em.fitting` is `fit`; `pm_em.results` packages the DataTree and puts EM beside the
@@ -22,6 +25,7 @@ Scaling out: ``fit(..., data=, chunk_size=, client=, store=)`` runs the E-step b
 rows, in this process or on a Dask cluster (`pm_em.chunked_fit`; the ``dask`` extra).
 """
 
+from pm_em.distributions import MarkovChain, stationary_distribution
 from pm_em.engine.monitor import ConvergenceMonitor
 from pm_em.exceptions import (
     ChunkError,
@@ -47,6 +51,7 @@ from pm_em.results.laplace import laplace
 from pm_em.results.loo import loo
 from pm_em.results.marginal import marginalize, sample_marginal
 from pm_em.results.mixture_plot import plot_mixture
+from pm_em.results.plot_states import plot_states
 from pm_em.results.plots import plot_convergence, plot_em_posterior
 
 __version__ = "0.1.0"
@@ -67,6 +72,9 @@ __all__ = [
     "ConvergenceMonitor",
     "EMProblem",
     "build_problem",
+    # Distributions
+    "MarkovChain",
+    "stationary_distribution",
     # Estimation
     "fit",
     # EM beside the full posterior
@@ -82,5 +90,6 @@ __all__ = [
     "plot_em_forest",
     "plot_em_posterior",
     "plot_mixture",
+    "plot_states",
     "sample_marginal",
 ]

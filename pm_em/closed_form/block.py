@@ -41,6 +41,9 @@ class Block:
     # Whether `update` takes the flat parameter vector too (``update(stats, current, x=x)``):
     # a block that maximizes numerically over its own coordinates.
     uses_x: bool = False
+    # Whether `stats` takes a chain's `ChainExpectations` (P's and p0's blocks) rather than
+    # (n, K) responsibilities (every other block, a chain's emissions included).
+    takes_chain: bool = False
 
     def log_density(self, values: dict[str, Variable]) -> Variable:
         """Return this block's term of log p(z_i = k, · | θ), broadcastable to (n, K)."""

@@ -44,7 +44,7 @@ class _CategoricalComponents(Block):
 def match_categorical(ctx: Context, comps: Components) -> Block | None:
     """Match Categorical components ``Categorical(p[k])`` with Dirichlet rows of ``p``, or None."""
     y = comps.y
-    if y.type.ndim != 1:
+    if y.type.ndim != comps.element_ndim:  # one entry per latent element
         return None
     (role,) = comps.roles
     if role is None or role.kind != "indexed" or len(ctx.shapes[role.rv.name]) != 2:

@@ -56,6 +56,10 @@ class Components:
         length-1 axes allowed), for families whose parameters are graphs of several free
         variables (an MvNormal covariance from an LKJ Cholesky factor); None when they
         cannot be read per component.
+    element_ndim : int
+        The number of axes of the latent's elements (1 for a mixture over observations; 2
+        for a chain over (sequence, time)); the data have these axes, plus the components'
+        own core axes (one for MvNormal rows).
     """
 
     op: Op
@@ -64,6 +68,7 @@ class Components:
     constants: tuple[np.ndarray | None, ...]
     n_support: int
     component: Callable[[int], tuple[Variable, ...]] | None = None
+    element_ndim: int = 1
 
 
 def explicit_components(ctx: Context, y: Variable, z: Variable, n_support: int) -> Components:
@@ -80,7 +85,9 @@ def explicit_components(ctx: Context, y: Variable, z: Variable, n_support: int) 
         def component(k: int) -> tuple[Variable, ...]:
             return tuple(params_at(list(params), z, k))
 
-    return Components(y.owner.op, y, roles, constants, n_support, component)
+    return Components(
+        y.owner.op, y, roles, constants, n_support, component, element_ndim=z.type.ndim
+    )
 
 
 def mixture_components(ctx: Context, mixture: MarginalMixture, n_support: int) -> Components | None:
@@ -93,6 +100,8 @@ def mixture_components(ctx: Context, mixture: MarginalMixture, n_support: int) -
     op = comps[0].owner.op
     if mixture.kind != "Mixture" or any(type(c.owner.op) is not type(op) for c in comps):
         return None
+    if mixture.rv.type.ndim - op.ndim_supp != 1:  # one axis of mixture elements, as the
+        return None  # families' statistics expect (no flattened (n, d) univariate data)
     per_param = list(zip(*(c.owner.op.dist_params(c.owner) for c in comps), strict=True))
     core = tuple(op.ndims_params)
     if mixture.batched:

@@ -73,7 +73,7 @@ class _CountComponents(Block):
 
 def _match_count(ctx, comps: Components, kind, role: Role | None, trials) -> Block | None:
     y, n_support = comps.y, comps.n_support
-    if y.type.ndim != 1:
+    if y.type.ndim != comps.element_ndim:  # one entry per latent element
         return None
     if role is None or role.kind == "shared":
         return None
@@ -101,6 +101,6 @@ def match_binomial(ctx: Context, comps: Components) -> Block | None:
     if isinstance(comps.op, BernoulliRV):
         return _match_count(ctx, comps, "binomial", comps.roles[0], None)
     trials = comps.constants[0]
-    if trials is None or trials.ndim > 1:
-        return None
+    if trials is None or trials.ndim > 1 or (trials.ndim and comps.element_ndim > 1):
+        return None  # trials per entry of a flattened (sequence, time) latent: not handled
     return _match_count(ctx, comps, "binomial", comps.roles[1], trials)

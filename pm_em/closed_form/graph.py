@@ -109,10 +109,16 @@ def read_role(param: Variable, z: Variable, free: set[Variable], n_support: int)
 def data_graph(model, y: Variable, dtype: str | None = "float64") -> Variable:
     """Return the observed values of ``y`` as a graph (constant or shared), cast to ``dtype``.
 
-    Raises `NoMatch` when the values are neither (the family then does not apply).
+    One entry (or one row) per latent element: the leading axes of a latent with several
+    (a batch of chains, (sequence, time)) are flattened, in the order the responsibilities
+    are flattened to (n, K). Raises `NoMatch` when the values are neither constant nor
+    shared (the family then does not apply).
     """
     value = model.rvs_to_values[y]
     if not isinstance(value, Constant | TensorSharedVariable):
         raise NoMatch
     value = pt.as_tensor(value)
+    event = y.owner.op.ndim_supp
+    if value.type.ndim > event + 1:
+        value = value.reshape((-1, *tuple(value.shape)[value.type.ndim - event :]))
     return value.astype(dtype) if dtype else value

@@ -99,7 +99,7 @@ def match_mvnormal(ctx: Context, comps: Components) -> Block | None:
     Returns None for any other structure.
     """
     y, n_support = comps.y, comps.n_support
-    if y.type.ndim != 2:
+    if y.type.ndim != comps.element_ndim + 1:  # one row per latent element
         return None
     mu, cov = comps.roles
     if mu is None or cov is None or "shared" in (mu.kind, cov.kind):

@@ -184,7 +184,7 @@ def match_mvnormal_cov(ctx: Context, comps: Components):
     the means or another likelihood, a prior with random parameters: not this block's).
     """
     y, n_support = comps.y, comps.n_support
-    if y.type.ndim != 2 or comps.component is None:
+    if y.type.ndim != comps.element_ndim + 1 or comps.component is None:  # a row per element
         return None
     mu = comps.roles[0]
     if mu is None or mu.kind == "shared":

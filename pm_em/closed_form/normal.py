@@ -236,7 +236,7 @@ def match_normal(ctx: Context, comps: Components) -> Block | None:
     Returns None for any other structure.
     """
     y, n_support = comps.y, comps.n_support
-    if y.type.ndim != 1:
+    if y.type.ndim != comps.element_ndim:  # one entry per latent element
         return None
     mu, sigma = comps.roles
     if mu is None or sigma is None:

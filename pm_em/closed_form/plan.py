@@ -16,9 +16,10 @@ from pm_em.closed_form.components import explicit_components, mixture_components
 from pm_em.closed_form.graph import NoMatch
 from pm_em.closed_form.registry import COMPONENTS
 from pm_em.closed_form.transforms import to_unconstrained
+from pm_em.closed_form.transitions import emission_weights, match_chain
 from pm_em.closed_form.weights import match_mixture_weights, match_weights
 from pm_em.reading.mixture_graph import as_mixture
-from pm_em.reading.problem import EMProblem
+from pm_em.reading.problem import ChainExpectations, EMProblem
 
 __all__ = ["ClosedFormPlan", "match_closed_form"]
 
@@ -89,6 +90,25 @@ class ClosedFormPlan:
         terms = [b.log_density(values) for b in lp.blocks]
         return pt.add(*(pt.as_tensor(t).astype("float64") for t in terms))
 
+    def emission_log_joint(self, latent_index: int) -> Variable | None:
+        """Return a chain latent's emissions, (*shape, K), from broadcasts; None if unmatched.
+
+        Every dependent must have been recognized (the blocks after P's, see
+        `closed_form.transitions.match_chain`).
+        """
+        lat = self.problem.latents[latent_index]
+        matches = [lp for lp in self.latents if lp.latent_index == latent_index]
+        if lat.coupling != "chain" or not matches:
+            return None
+        emissions = matches[0].components[1:]
+        if not emissions or any(b is None for b in emissions):
+            return None
+        values = self.problem.constrained
+        n_support = lat.support.size
+        total = pt.add(*(pt.as_tensor(b.log_density(values)).astype("float64") for b in emissions))
+        n = int(np.prod(lat.shape))
+        return pt.broadcast_to(total, (n, n_support)).reshape((*lat.shape, n_support))
+
     def unrolled_terms(self, latent_index: int) -> tuple[Variable, list[Variable]] | None:
         """Return the log marginal (n,) and the statistics, computed component by component.
 
@@ -125,8 +145,10 @@ class ClosedFormPlan:
     ) -> list[Variable]:
         """Statistics of every block, then the current values of every variable read.
 
-        ``resps`` holds the (n, K) responsibilities of every latent of the problem;
-        ``unrolled`` the statistics already computed by `unrolled_terms`, per latent index.
+        ``resps`` holds the (n, K) responsibilities of every latent of the problem (a
+        `ChainExpectations` for a chain: its blocks of P and p0 take it whole, its emission
+        blocks the smoothed marginals as (n, K) responsibilities); ``unrolled`` the
+        statistics already computed by `unrolled_terms`, per latent index.
         """
         values = self.problem.constrained
         unrolled = unrolled or {}
@@ -135,8 +157,13 @@ class ClosedFormPlan:
             if lp.latent_index in unrolled:
                 out.extend(unrolled[lp.latent_index])
                 continue
+            resp = resps[lp.latent_index]
             for block in lp.blocks:
-                out.extend(block.stats(resps[lp.latent_index], values))
+                weights = resp
+                if isinstance(resp, ChainExpectations) and not block.takes_chain:
+                    n_support = self.problem.latents[lp.latent_index].support.size
+                    weights = emission_weights(resp, n_support)
+                out.extend(block.stats(weights, values))
         out.extend(pt.as_tensor(values[name]).astype("float64") for name in self.reads)
         return out
 
@@ -272,7 +299,12 @@ def match_closed_form(problem: EMProblem) -> ClosedFormPlan | None:
         children=_children(model, free),
         shapes=_constrained_shapes(problem),
     )
-    latents = [lp for j, lat in enumerate(problem.latents) if (lp := _latent_plan(ctx, j, lat))]
+    latents = []
+    for j, lat in enumerate(problem.latents):
+        if lat.coupling == "chain":  # p0, P and the emissions: closed_form.transitions
+            latents.append(_LatentPlan(j, *match_chain(ctx, lat, model[lat.name])))
+        elif (lp := _latent_plan(ctx, j, lat)) is not None:
+            latents.append(lp)
     # A variable is claimed by exactly one block.
     owners: dict[str, int] = {}
     for lp in latents:

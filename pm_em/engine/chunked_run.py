@@ -7,8 +7,7 @@ sample of at most `START_ROWS` rows: all of them for data of that size or less, 
 chunked fit then starts exactly where an in-memory one does.
 """
 
-from dataclasses import replace
-from types import SimpleNamespace
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.optimize import minimize
@@ -26,6 +25,16 @@ __all__ = ["START_ROWS", "chunked_start", "polish_chunked", "run_em_chunked"]
 
 # Rows of the sample that data-driven starting points (k-means) are computed from.
 START_ROWS = 10_000
+
+
+@dataclass(frozen=True)
+class _SampleEStep:
+    """The part of an E-step a starting point reads: log responsibilities (no chains here)."""
+
+    log_resp: tuple[np.ndarray, ...]
+
+    def with_log_resp(self) -> "_SampleEStep":
+        return self
 
 
 class _StartSample:
@@ -52,9 +61,7 @@ class _StartSample:
 
     def estep(self, x: np.ndarray):
         out = run_chunk(self.cm.kernel("pointwise"), [x], self.blocks, self.info)
-        return SimpleNamespace(
-            log_resp=tuple(out[f"log_resp/{lat.name}"] for lat in self.problem.latents)
-        )
+        return _SampleEStep(tuple(out[f"log_resp/{lat.name}"] for lat in self.problem.latents))
 
     def neg_q(self, x: np.ndarray, *resp: np.ndarray) -> tuple[float, np.ndarray]:
         neg_q, grad = run_chunk(self.cm.kernel("q_resp"), [x, *resp], self.blocks, self.info)

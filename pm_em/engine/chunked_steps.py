@@ -52,6 +52,11 @@ class ChunkedEStep:
     finite_terms: dict
 
     @property
+    def chains(self) -> tuple:
+        """No chain latents: a chunked fit refuses them (`pm_em.engine.rows`)."""
+        return ()
+
+    @property
     def log_likelihood(self) -> float:
         """Observed-data log likelihood: the log posterior less the log prior."""
         return self.log_posterior - self.log_prior

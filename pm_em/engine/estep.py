@@ -12,10 +12,18 @@ size K), the pointwise log marginal (size n) and the log posterior, so no (n, K)
 the compiled function and nothing is exponentiated again outside it.
 
 Both compile with the data as inputs (`pm_em.compiling.compile_with_data`).
+
+A chain latent (``coupling="chain"``) is smoothed, not normalized: the compiled call returns
+its emissions, log initial probabilities and log P, and forward–backward runs on them
+(`pm_em.engine.chains`). Its entries of `EStepResult` then mean: ``resp`` the smoothed
+marginals p(z_t = k | y), ``log_resp`` None (the logs are computed on request,
+`EStepResult.with_log_resp`: one (T, K) array less per result), ``log_marginal``
+log p(y_t | y_<t) per time step (summing to the log likelihood), and ``chains`` its
+`ChainPosterior`.
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -23,6 +31,7 @@ import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
 
 from pm_em.compiling import compile_with_data
+from pm_em.engine.chains import ChainPosterior, smooth
 from pm_em.reading.problem import EMProblem
 
 __all__ = [
@@ -39,8 +48,8 @@ class EStepResult:
 
     Attributes
     ----------
-    log_resp : tuple of ndarray, each of shape (*latent.shape, n_support)
-        log p(z_i = k | y, θ) per latent.
+    log_resp : tuple of (ndarray or None), each of shape (*latent.shape, n_support)
+        log p(z_i = k | y, θ) per latent; None for a chain latent (see `with_log_resp`).
     log_marginal : tuple of ndarray, each of shape latent.shape
         log p(y_i | θ) with z_i summed out (including z_i's own prior term), per latent.
     log_lik_rest : tuple of ndarray
@@ -49,6 +58,9 @@ class EStepResult:
         Log prior density of the parameters (constrained space, no Jacobian).
     log_posterior : float
         The observed-data log posterior (unnormalized).
+    chains : tuple of (ChainPosterior or None)
+        Per latent, a chain's expected transitions, log likelihood per sequence and Viterbi
+        path (None for an independent latent); empty when the problem has no chain.
     """
 
     log_resp: tuple[np.ndarray, ...]
@@ -56,6 +68,7 @@ class EStepResult:
     log_lik_rest: tuple[np.ndarray, ...]
     log_prior: float
     log_posterior: float
+    chains: tuple[ChainPosterior | None, ...] = ()
 
     @property
     def log_likelihood(self) -> float:
@@ -68,8 +81,37 @@ class EStepResult:
 
         Computed once per result (every caller shares the arrays: do not modify them), and
         exponentiated straight into C order (no second copy for an F-ordered ``log_resp``).
+        A chain's are its smoothed marginals, as forward–backward computed them.
         """
-        return tuple(np.exp(lr, order="C") for lr in self.log_resp)
+        chains = self.chains or (None,) * len(self.log_resp)
+        return tuple(
+            np.exp(lr, order="C") if chain is None else chain.expectations.resp
+            for lr, chain in zip(self.log_resp, chains, strict=True)
+        )
+
+    def with_log_resp(self) -> "EStepResult":
+        """Return this result with the chains' log smoothed marginals filled in."""
+        if all(lr is not None for lr in self.log_resp):
+            return self
+        with np.errstate(divide="ignore"):
+            log_resp = tuple(
+                np.log(r) if lr is None else lr
+                for lr, r in zip(self.log_resp, self.resp, strict=True)
+            )
+        return replace(self, log_resp=log_resp)
+
+    @property
+    def expectations(self) -> tuple:
+        """What the M-step takes: per latent its responsibilities, or a `ChainExpectations`.
+
+        The same as `resp` when the problem has no chain latent.
+        """
+        if not self.chains:
+            return self.resp
+        return tuple(
+            r if chain is None else chain.expectations
+            for r, chain in zip(self.resp, self.chains, strict=True)
+        )
 
 
 def compile_estep(
@@ -99,32 +141,54 @@ def compile_estep(
     """
     if log_joints is None:
         log_joints = [latent.log_joint for latent in problem.latents]
-    log_resp, log_marginal = [], []
-    for log_joint in log_joints:
+    outputs, marginals = [], []  # two outputs per latent
+    for latent, log_joint in zip(problem.latents, log_joints, strict=True):
+        if latent.coupling == "chain":
+            # Forward–backward runs on the compiled values (`smooth`), three per chain.
+            outputs += [log_joint, latent.log_init, latent.log_trans]
+            continue
         lse = pt.logsumexp(log_joint, axis=-1)  # (*shape,)
         # An element with no possible value has lse = -inf; keep its row finite (the log
         # posterior is -inf anyway, and the loop reports it).
         safe = pt.switch(pt.isinf(lse), 0.0, lse)
-        log_resp.append(log_joint - safe[..., None])
-        log_marginal.append(lse)
+        outputs += [log_joint - safe[..., None], lse]
+        marginals.append(lse)
     rest = list(problem.log_lik_rest.values())
-    log_post = problem.log_prior + pt.add(
+    log_post = problem.log_prior + pt.add(  # without the chains' log likelihood
         pt.constant(0.0, dtype="float64"),
-        *(m.sum() for m in log_marginal),
+        *(m.sum() for m in marginals),
         *(r.sum() for r in rest),
     )
-    outputs = [*log_resp, *log_marginal, *rest, problem.log_prior, log_post]
+    outputs += [*rest, problem.log_prior, log_post]
     fn = compile_with_data(problem.model, [problem.x], outputs, name=name, **compile_kwargs)
-    n_lat, n_rest = len(problem.latents), len(rest)
+    n_rest = len(rest)
+    has_chain = any(lat.coupling == "chain" for lat in problem.latents)
 
     def estep(x: np.ndarray) -> EStepResult:
-        out = fn(np.asarray(x, dtype="float64"))
+        x = np.array(x, dtype="float64")  # a copy: a chain's ChainPosterior keeps it
+        out = fn(x)
+        log_resp, log_marginal, chains, i = [], [], [], 0
+        for lat in problem.latents:
+            if lat.coupling == "chain":
+                j = i  # the chain's three outputs, recomputed for its Viterbi path
+                lr, lm, chain = smooth(lat, *out[i : i + 3], lambda j=j: fn(x)[j : j + 3])
+                i += 3
+            else:
+                lr, lm, chain = out[i], out[i + 1], None
+                i += 2
+            log_resp.append(lr)
+            log_marginal.append(lm)
+            chains.append(chain)
+        log_posterior = float(out[-1]) + sum(
+            float(c.log_likelihood.sum()) for c in chains if c is not None
+        )
         return EStepResult(
-            log_resp=tuple(out[:n_lat]),
-            log_marginal=tuple(out[n_lat : 2 * n_lat]),
-            log_lik_rest=tuple(out[2 * n_lat : 2 * n_lat + n_rest]),
+            log_resp=tuple(log_resp),
+            log_marginal=tuple(log_marginal),
+            log_lik_rest=tuple(out[i : i + n_rest]),
             log_prior=float(out[-2]),
-            log_posterior=float(out[-1]),
+            log_posterior=log_posterior,
+            chains=tuple(chains) if has_chain else (),
         )
 
     return estep

@@ -12,6 +12,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from pm_em.engine.chains import start_expectations
 from pm_em.engine.estep import EStepResult
 from pm_em.reading.initial_point import initial_point
 from pm_em.reading.problem import EMProblem, Latent
@@ -196,4 +197,6 @@ def initial_x(
         return x0
     at_base = estep(x0)
     method = "random" if init == "random" else "kmeans"
-    return mstep(x0, start_resp(problem, at_base, rng, method))
+    # A chain's soft labels become expectations with transitions between consecutive steps.
+    resps = start_resp(problem, at_base.with_log_resp(), rng, method)
+    return mstep(x0, start_expectations(problem, resps))

@@ -7,8 +7,9 @@ to get it, the same function to round-off:
   plan's broadcasts when the M-step is closed form (whose fit otherwise never compiles Q, the
   costliest graph of a model) or from the model's own enumerated densities. It returns no
   array of size n, so nothing of the size of the responsibilities is kept per evaluation.
-- `estep_objective`: the E-step and the gradient of Q at its responsibilities (Fisher's
-  identity), from the functions a numeric M-step has compiled already.
+- `estep_objective`: the E-step and the gradient of Q at its expectations (Fisher's
+  identity), from the functions a numeric M-step has compiled already. The only form for a
+  chain latent, whose log likelihood is forward–backward's (computed outside the graph).
 """
 
 from collections.abc import Callable, Sequence
@@ -44,6 +45,8 @@ def compile_neg_log_post(
     **compile_kwargs
         Passed to `pymc.pytensorf.compile`.
     """
+    if any(lat.coupling == "chain" for lat in problem.latents):
+        raise ValueError("a chain latent's log likelihood is forward-backward's: estep_objective")
     if log_joints is None:
         log_joints = [latent.log_joint for latent in problem.latents]
     log_post = problem.log_prior + pt.add(
@@ -77,7 +80,7 @@ def estep_objective(estep: Callable, neg_q: Callable) -> Objective:
         e = estep(x)
         if not np.isfinite(e.log_posterior):
             return _outside(x)
-        _, grad = neg_q(x, *e.resp)
+        _, grad = neg_q(x, *e.expectations)  # a chain's: its ChainExpectations
         return -e.log_posterior, grad
 
     return neg_log_post

@@ -143,10 +143,10 @@ class RowBinding:
 def _template_rows(problem: EMProblem) -> int:
     """Return the number of rows of the model as declared: its latents' leading length."""
     for lat in problem.latents:
-        # Extension point for chain latents (a Markov chain's elements couple along the rows):
-        # they split into chunks of whole sequences only, which needs chunk boundaries at
-        # sequence starts (ChunkLayout) and a forward-backward kernel; refused until then.
-        if getattr(lat, "coupling", None) not in (None, "none"):
+        # A Markov chain's elements couple along the rows: it would split into chunks of whole
+        # sequences only, which needs chunk boundaries at sequence starts and a forward-backward
+        # kernel per chunk; refused until then.
+        if lat.coupling != "independent":
             raise ValueError(
                 f"Latent '{lat.name}' couples its elements ({lat.coupling}); chunked and "
                 "distributed fits split independent elements only. Fit it in memory."

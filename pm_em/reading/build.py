@@ -23,6 +23,7 @@ from pymc.pytensorf import join_nonshared_inputs
 from pytensor.graph.basic import Variable
 from pytensor.graph.traversal import ancestors
 
+from pm_em.reading.chains import read_chains
 from pm_em.reading.initial_point import initial_point
 from pm_em.reading.latents import LatentDraft, read_explicit_latents
 from pm_em.reading.missing import Imputed, find_imputed, missing_values, mvnormal_rows
@@ -33,8 +34,10 @@ from pm_em.timing import stage
 
 __all__ = ["READERS", "ReadContext", "build_problem"]
 
-# Every kind of latent has one reader: ``reader(ctx) -> list[LatentDraft]``.
-READERS = (read_explicit_latents, read_marginal_mixtures)
+# Every kind of latent has one reader: ``reader(ctx) -> list[LatentDraft]``. Readers are
+# asked in this order, and a free variable an earlier reader found is not offered to a later
+# one (a Markov chain is a discrete free variable too; the chain reader takes it first).
+READERS = (read_chains, read_explicit_latents, read_marginal_mixtures)
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,7 +126,7 @@ def build_problem(model: pm.Model, latent: Sequence[str] | None = None) -> EMPro
         check_observed(model)
         ctx = _read_context(model, latent)
     with stage("find latents"):
-        drafts = _select(ctx, [draft for reader in READERS for draft in reader(ctx)])
+        drafts = _select(ctx, _first_reader_wins([d for reader in READERS for d in reader(ctx)]))
         drafts, owner_of = _assign_dependents(ctx, drafts)
     params_rvs = _parameters(ctx, drafts)
     with stage("log prior, other likelihood terms"):
@@ -172,6 +175,18 @@ def _read_context(model: pm.Model, latent: Sequence[str] | None) -> ReadContext:
         all_imputed=all_imputed,
         imputed=imputed,
     )
+
+
+def _first_reader_wins(drafts: list[LatentDraft]) -> list[LatentDraft]:
+    """Keep one draft per free variable: the first reader's (drafts with no variable stay)."""
+    seen: set = set()
+    kept = []
+    for draft in drafts:
+        if draft.rv is not None and draft.rv in seen:
+            continue
+        seen.add(draft.rv)
+        kept.append(draft)
+    return kept
 
 
 def _select(ctx: ReadContext, candidates: list[LatentDraft]) -> list[LatentDraft]:
@@ -239,7 +254,8 @@ def _check_dependent(model, z_name, dep, latent_rvs, owner_of) -> None:
         raise ValueError(
             f"Latent '{dep.name}' depends on latent '{z_name}'. pm_em enumerates each latent on "
             "its own, which is exact only for independent latents; combine them into one "
-            "Categorical over the joint states."
+            "Categorical over the joint states, or, for a sequence where each state depends "
+            "on the previous one only, declare the whole sequence as one `pm_em.MarkovChain`."
         )
     if (
         dep.name.endswith("_unobserved")
@@ -324,7 +340,7 @@ def _flatten(
     model = ctx.model
     det_graphs = model.replace_rvs_by_values(list(deterministics.values()))
     outputs = [
-        *(lat.log_joint for lat in latents),
+        *(g for lat in latents for g in lat.graphs),
         *(g for spec in missing for g in (spec.mean, spec.var)),
         *prior_terms.values(),
         *log_lik_rest.values(),
@@ -344,9 +360,7 @@ def _flatten(
         del outputs[:n]
         return taken
 
-    latents = [
-        replace(lat, log_joint=g) for lat, g in zip(latents, take(len(latents)), strict=True)
-    ]
+    latents = [lat.with_graphs(take(len(lat.graphs))) for lat in latents]
     missing = [replace(spec, mean=take(1)[0], var=take(1)[0]) for spec in missing]
     prior_terms = dict(zip(prior_terms, take(len(prior_terms)), strict=True))
     log_lik_rest = dict(zip(log_lik_rest, take(len(log_lik_rest)), strict=True))

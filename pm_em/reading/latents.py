@@ -26,7 +26,7 @@ from pm_em.reading.problem import Latent
 from pm_em.reading.separable import check_separable
 from pm_em.reading.support import finite_support
 
-__all__ = ["LatentDraft", "Term", "is_discrete", "read_explicit_latents"]
+__all__ = ["LatentDraft", "Term", "enumerated_joint", "is_discrete", "read_explicit_latents"]
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def build_explicit(ctx, draft: LatentDraft) -> tuple[Latent, list[Term]]:
     zv = model.rvs_to_values[z]
     z_shape = tuple(np.shape(ctx.point[zv.name]))
     terms = group_terms(model, [z, *deps], ctx.by_observed, ctx.point, ctx.logp_of)
-    joint = _enumerated_joint(model, zv, support, z_shape, terms, name)
+    joint = enumerated_joint(model, zv, support, z_shape, terms, name)
     log_joint = pt.moveaxis(joint, 0, -1)
     observed = tuple(
         ctx.by_observed[d].name if d in ctx.by_observed else d.name
@@ -204,7 +204,7 @@ def build_explicit(ctx, draft: LatentDraft) -> tuple[Latent, list[Term]]:
     return spec, terms
 
 
-def _enumerated_joint(model, zv, support, z_shape, terms: list[Term], name: str) -> Variable:
+def enumerated_joint(model, zv, support, z_shape, terms: list[Term], name: str) -> Variable:
     """Sum of the terms with every element of z at each support value: (K, *z_shape).
 
     A dependent whose parameters take z through gathers gets one density per support value,

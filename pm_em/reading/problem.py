@@ -4,13 +4,22 @@
 loop and the results read them and nothing else of the model's graph internals.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 import pymc as pm
+import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
 
-__all__ = ["EMProblem", "Latent", "MissingValues", "Parameter"]
+from pm_em.distributions.forward import forward_log_likelihood, hmm_log_likelihood
+
+__all__ = ["ChainExpectations", "Coupling", "EMProblem", "Latent", "MissingValues", "Parameter"]
+
+# How a latent's elements couple given the parameters: "independent" (a mixture: the E-step
+# normalizes each element over its support) or "chain" (a first-order Markov chain along the
+# last axis: the E-step runs forward–backward).
+Coupling = Literal["independent", "chain"]
 
 
 @dataclass(frozen=True)
@@ -19,6 +28,12 @@ class Latent:
 
     Explicit latents are discrete free variables of the model; implicit ones are the
     component assignments of the model's marginal mixtures (`pm_em.reading.mixtures`).
+
+    Every kind of latent reaches the E-step as the same thing: per element, the log joint
+    density of each support value (``log_joint``), and how elements couple (``coupling``).
+    For an independent latent (a mixture) ``log_joint`` includes the latent's own prior; for
+    a chain it holds the dependents' density alone (the emissions), and the chain's own
+    density is carried by ``log_init`` and ``log_trans``.
 
     Attributes
     ----------
@@ -45,7 +60,13 @@ class Latent:
         d for rows of length d).
     log_joint : TensorVariable of shape (*shape, n_support)
         log p(z_i = k, dependents_i | θ) for every element i and support value k, as a
-        function of the flat parameter vector `EMProblem.x`.
+        function of the flat parameter vector `EMProblem.x`. For a chain: log p(deps_t |
+        z_t = k, θ) at each time step t (the last axis of ``shape``).
+    coupling : {"independent", "chain"}, default "independent"
+    log_init : TensorVariable of shape (*shape[:-1], n_support) or None
+        A chain's log p(z_0 = k | θ) per sequence.
+    log_trans : TensorVariable of shape (n_support, n_support), (*shape[:-1], K, K) or None
+        A chain's log transition matrix, ``[..., i, j] = log p(z_t = j | z_{t-1} = i, θ)``.
     mixture_of : str or None
         For an implicit latent, the component assignment of a marginal mixture
         (`pm.Mixture`, `pm.NormalMixture`, ...): the model's observed variable whose density
@@ -64,6 +85,73 @@ class Latent:
     values_per_element: int
     log_joint: Variable = field(repr=False)
     mixture_of: str | None = None
+    coupling: Coupling = "independent"
+    log_init: Variable | None = field(default=None, repr=False)
+    log_trans: Variable | None = field(default=None, repr=False)
+
+    @property
+    def graphs(self) -> tuple[Variable, ...]:
+        """The graphs of the latent's density: ``log_joint``, then a chain's init and trans."""
+        if self.coupling == "chain":
+            return (self.log_joint, self.log_init, self.log_trans)
+        return (self.log_joint,)
+
+    def with_graphs(self, graphs) -> "Latent":
+        """Return a copy with `graphs` replaced (e.g. re-expressed in the flat vector)."""
+        names = ("log_joint", "log_init", "log_trans")[: len(self.graphs)]
+        return replace(self, **dict(zip(names, graphs, strict=True)))
+
+    def log_marginal_graph(self) -> Variable:
+        """Return the dependents' log likelihood with the latent summed out, per element.
+
+        Shape ``shape``: logsumexp over the support of ``log_joint`` for an independent
+        latent; for a chain, log p(y_t | y_<t) per time step from the forward algorithm
+        (`pm_em.distributions.forward_log_likelihood`, differentiable to any order: the
+        Laplace Hessian). Its sum is `log_likelihood_graph`.
+        """
+        if self.coupling == "chain":
+            return forward_log_likelihood(self.log_init, self.log_trans, self.log_joint)
+        return pt.logsumexp(self.log_joint, axis=-1)
+
+    def log_likelihood_graph(self) -> Variable:
+        """Return the latent's term of the observed-data log likelihood, a scalar.
+
+        The sum of `log_marginal_graph`: the density EM maximizes and NUTS samples
+        (`pm_em.marginalize`). For a chain it is computed by forward–backward, whose gradient
+        is the smoothed expectations (`pm_em.distributions.hmm_log_likelihood`): exact, and
+        far cheaper than differentiating the scan, but with no second derivative.
+        """
+        if self.coupling == "chain":
+            return hmm_log_likelihood(self.log_init, self.log_trans, self.log_joint).sum()
+        return self.log_marginal_graph().sum()
+
+
+@dataclass(frozen=True)
+class ChainExpectations:
+    """What the M-step needs of a chain latent: its expected sufficient statistics.
+
+    The E-step fills it with arrays; the compiled M-step functions take pytensor variables of
+    the same layout as inputs. Q's chain terms are ``Σ resp · log_joint + Σ transitions ·
+    log_trans + Σ initial · log_init`` (`Latent` has the graphs).
+
+    Attributes
+    ----------
+    resp : ndarray or Variable of shape (*batch, T, K)
+        Smoothed marginals p(z_t = k | y).
+    transitions : ndarray or Variable of shape (*batch, K, K)
+        Expected transition counts Σ_t p(z_{t-1} = i, z_t = j | y), per sequence.
+    initial : ndarray or Variable of shape (*batch, K)
+        p(z_0 = k | y) per sequence.
+    """
+
+    resp: object
+    transitions: object
+    initial: object
+
+    @property
+    def parts(self) -> tuple:
+        """The three arrays (or variables), in the order compiled functions take them."""
+        return (self.resp, self.transitions, self.initial)
 
 
 @dataclass(frozen=True)
@@ -122,8 +210,9 @@ class EMProblem:
     """What EM needs to know about a model, as graphs of one flat parameter vector ``x``.
 
     The observed-data log posterior is
-    ``log_prior + sum(log_lik_rest) + sum_j sum_i logsumexp_k latents[j].log_joint[i, k]``,
-    with missing values integrated out (see `pm_em.missing`). ``data`` holds each observed
+    ``log_prior + sum(log_lik_rest) + sum_j latents[j].log_likelihood_graph()`` (for an
+    independent latent, ``sum_i logsumexp_k log_joint[i, k]``), with missing values integrated
+    out (see `pm_em.missing`). ``data`` holds each observed
     variable's data under the user's name, NaN where missing; ``log_lik_dims`` the dims of
     each pointwise log likelihood (keyed by latent name for latent groups; None: the model's).
     """

@@ -43,37 +43,58 @@ def _em_point(idata: xr.DataTree) -> xr.Dataset:
     return post.squeeze([d for d in _SAMPLE_DIMS if d in post.dims], drop=True)
 
 
-def _component_dims(em: xr.DataTree, point: xr.Dataset, component_dim) -> list[str]:
-    """Find the dims of the posterior that index mixture components."""
+def _component_dims(em: xr.DataTree, point: xr.Dataset, component_dim) -> list[list[str]]:
+    """Find the dims of the posterior that index mixture components, in groups.
+
+    The dims of one group share one permutation: a Markov chain's states index the rows and
+    the columns of its transition matrix, its initial probabilities and its emissions.
+    """
     if component_dim is not None:
-        dims = [component_dim] if isinstance(component_dim, str) else list(component_dim)
-        for dim in dims:
+        entries = [component_dim] if isinstance(component_dim, str) else list(component_dim)
+        groups = [[e] if isinstance(e, str) else list(e) for e in entries]
+        for dim in (d for group in groups for d in group):
             if dim not in point.dims:
                 raise ValueError(
                     f"`component_dim='{dim}'` is not a dim of the EM posterior; its dims are "
                     f"{sorted(map(str, point.dims))}."
                 )
-        return dims
+        return groups
     if "latent_posterior" not in em.children:
         return []
     lat = em["latent_posterior"].dataset
-    sizes = {lat[v].shape[-1] for v in lat.data_vars if lat[v].dims[-1].endswith("_support")}
+    # Responsibilities (not imputed values, nor a chain's Viterbi path).
+    names = [
+        v
+        for v in lat.data_vars
+        if lat[v].ndim
+        and not str(v).removesuffix("_sd").endswith("_unobserved")
+        and not str(v).endswith("_viterbi")
+    ]
+    chain_sizes = {lat[v].shape[-1] for v in names if f"{v}_viterbi" in lat.data_vars}
+    sizes = {lat[v].shape[-1] for v in names}
     found = {str(d) for d in point.dims if point.sizes[d] in sizes and point.sizes[d] > 1}
     # A mixture's latent takes its weights' component dim as its support dim: that dim of
     # the posterior indexes components by construction.
     support_dims = {
         str(lat[v].dims[-1])
-        for v in lat.data_vars
-        if lat[v].ndim
-        and not str(v).removesuffix("_sd").endswith("_unobserved")
-        and lat[v].dims[-1] in point.dims
-        and point.sizes[lat[v].dims[-1]] > 1
+        for v in names
+        if lat[v].dims[-1] in point.dims and point.sizes[lat[v].dims[-1]] > 1
     }
     found = sorted(found | support_dims)
+    # A Markov chain: every dim of its number of states, aligned together (P's rows and
+    # columns, p0, the emissions' state dims).
+    groups = [[d for d in found if point.sizes[d] == k] for k in sorted(chain_sizes)]
+    groups = [g for g in groups if g]
+    rest = [d for d in found if point.sizes[d] not in chain_sizes]
+    return groups + [[d] for d in _mixture_dims(point, rest, support_dims)]
+
+
+def _mixture_dims(point: xr.Dataset, found: list[str], support_dims: set[str]) -> list[str]:
+    """Pick the component dims among ``found``, the dims with a mixture latent's length."""
     if len(found) <= 1:
         return found
-    if support_dims:
-        return sorted(support_dims)
+    if support_dims & set(found):
+        return sorted(support_dims & set(found))
     # Several dims have a support's length (a 2-D mixture: components and coordinates):
     # the components are the dims the mixture weights live on, or else the dims so named.
     weights = [d for d in found if _carries_weights(point, d)]
@@ -86,7 +107,8 @@ def _component_dims(em: xr.DataTree, point: xr.Dataset, component_dim) -> list[s
         f"Several dims of the EM posterior, {found}, have the length of a latent's support, "
         "and none carries mixture weights (a variable that sums to 1 along it) or is named "
         "like 'component', so the component axis is ambiguous. Pass `component_dim=` (a dim "
-        "name, a list of them, or [] to compare without aligning)."
+        "name, a list of them, a list of lists for dims aligned together, or [] to compare "
+        "without aligning)."
     )
 
 
@@ -151,11 +173,14 @@ def align_components(
         The result of `pm_em.fit`.
     posterior_idata : xarray.DataTree
         A posterior sample with the same variables (e.g. `pm_em.sample_marginal`).
-    component_dim : str, optional
-        The dim indexing components. Default: the dim of the EM posterior whose length is
-        the support size of a latent in ``em_idata.latent_posterior``; when several dims
-        have that length (a 2-D mixture with two components), the one the mixture weights
-        live on (a variable summing to 1 along it), else the one named like "component".
+    component_dim : str or list, optional
+        The dim indexing components, or a list of them (each aligned on its own; a nested
+        list aligns its dims with one permutation). Default: the dim of the EM posterior
+        whose length is the support size of a latent in ``em_idata.latent_posterior``; when
+        several dims have that length (a 2-D mixture with two components), the one the
+        mixture weights live on (a variable summing to 1 along it), else the one named like
+        "component"; for a Markov chain, every dim of its number of states, together (the
+        rows and columns of P, p0 and the emissions' state dims).
     var_names : sequence of str, optional
         Variables used for matching; default: every shared variable with the dim.
 
@@ -184,40 +209,35 @@ def align_components(
     """
     point = _em_point(em_idata)
     post = _posterior(posterior_idata, "posterior_idata")
-    dims = _component_dims(em_idata, point, component_dim)
     out = {}
-    for dim in dims:
-        names = [
-            v
-            for v in (var_names or list(point.data_vars))
-            if v in point and v in post and dim in point[v].dims and dim in post[v].dims
-        ]
-        if not names:
+    for group in _component_dims(em_idata, point, component_dim):
+        names = {
+            dim: [
+                v
+                for v in (var_names or list(point.data_vars))
+                if v in point and v in post and dim in point[v].dims and dim in post[v].dims
+            ]
+            for dim in group
+        }
+        group = [dim for dim in group if names[dim]]
+        if not group:
             continue
-        if post.sizes[dim] != point.sizes[dim]:
-            raise ValueError(
-                f"Dim '{dim}' has {point.sizes[dim]} entries in the EM estimate and "
-                f"{post.sizes[dim]} in the posterior: they come from different models."
-            )
-        means, sds = _chain_stats(post, names, dim, by_chain=False)
-        perm = _assign(_cost(point, means, sds, names, dim))
-        if "chain" in post.dims and post.sizes["chain"] > 1:
-            means_c, sds_c = _chain_stats(post, names, dim, by_chain=True)
-            per_chain = [
-                _assign(
-                    _cost(
-                        point,
-                        {v: m.isel(chain=c) for v, m in means_c.items()},
-                        {v: s.isel(chain=c) for v, s in sds_c.items()},
-                        names,
-                        dim,
-                    )
+        for dim in group:
+            if post.sizes[dim] != point.sizes[dim]:
+                raise ValueError(
+                    f"Dim '{dim}' has {point.sizes[dim]} entries in the EM estimate and "
+                    f"{post.sizes[dim]} in the posterior: they come from different models."
                 )
+        perm = _assign(_group_cost(point, post, names, group, chain=None))
+        if "chain" in post.dims and post.sizes["chain"] > 1:
+            per_chain = [
+                _assign(_group_cost(point, post, names, group, chain=c))
                 for c in range(post.sizes["chain"])
             ]
             if any(not np.array_equal(p, per_chain[0]) for p in per_chain):
+                label = "', '".join(group)
                 warnings.warn(
-                    f"The chains of the posterior label the '{dim}' components differently "
+                    f"The chains of the posterior label the '{label}' components differently "
                     f"(EM components matched per chain: {[p.tolist() for p in per_chain]}), "
                     "so pooled means and intervals mix components. Sample with an ordered "
                     "transform on a component parameter (and initvals), or compare chain by "
@@ -225,8 +245,44 @@ def align_components(
                     LabelSwitchingWarning,
                     stacklevel=2,
                 )
-        out[dim] = perm
+        out.update(dict.fromkeys(group, perm))
     return out
+
+
+def _diagonal(da: xr.DataArray, dims: list[str]) -> xr.DataArray:
+    """Return the diagonal of ``da`` over two dims, named after the first (P[k, k])."""
+    a1, a2 = (da.get_axis_num(d) for d in dims)
+    rest = [d for d in da.dims if d not in dims]
+    return xr.DataArray(np.diagonal(da.values, axis1=a1, axis2=a2), dims=[*rest, dims[0]])
+
+
+def _group_cost(point, post, names: dict, group: list[str], chain: int | None) -> np.ndarray:
+    """Return the matching cost of one group of dims (summed), pooled or for one chain.
+
+    A variable with two dims of the group (a transition matrix, whose rows and columns are
+    permuted together) is matched on its diagonal, which one permutation of the states
+    permutes like a vector.
+    """
+    total = 0.0
+    point_vars, post_vars, by_dim = dict(point.data_vars), dict(post.data_vars), {}
+    for dim in group:
+        for v in names[dim]:
+            shared = [d for d in point[v].dims if d in group]
+            if len(shared) == 1:
+                by_dim.setdefault(dim, []).append(v)
+            elif len(shared) == 2 and shared[0] == dim:
+                name = f"{v}[diagonal]"
+                point_vars[name] = _diagonal(point[v], shared)
+                post_vars[name] = _diagonal(post[v], shared)
+                by_dim.setdefault(dim, []).append(name)
+    point, post = xr.Dataset(point_vars), xr.Dataset(post_vars)
+    for dim, dim_names in by_dim.items():
+        means, sds = _chain_stats(post, dim_names, dim, by_chain=chain is not None)
+        if chain is not None:
+            means = {v: m.isel(chain=chain) for v, m in means.items()}
+            sds = {v: s.isel(chain=chain) for v, s in sds.items()}
+        total = total + _cost(point, means, sds, dim_names, dim)
+    return total
 
 
 def _label(var: str, dims: Sequence[str], coords: dict, index: tuple[int, ...]) -> str:

@@ -9,7 +9,9 @@ of a multivariate mixture, plus one per value of observed variables no latent to
 - ``bic = -2 LL + k log(n)``
 - ``icl = bic + 2 EN``, where ``EN = -sum_i sum_k r_ik log r_ik`` is the entropy of the
   responsibilities (Biernacki, Celeux & Govaert 2000, IEEE TPAMI 22(7)): BIC penalized by
-  how unclear the assignment of observations to components is.
+  how unclear the assignment of observations to components is. For a Markov chain, whose
+  steps are not independent, EN is the entropy of the posterior over whole paths
+  (``em_stats["<z>_path_entropy"]``), not the sum of the steps' entropies.
 
 Lower is better for all three. They are defined at the maximum-likelihood estimate; at a MAP
 estimate under weakly informative priors the log likelihood is almost the same.
@@ -27,10 +29,16 @@ from pm_em.engine.compiled import compile_model
 __all__ = ["information_criteria"]
 
 
-def _entropy(latent_posterior: xr.Dataset, names: Sequence[str]) -> float:
-    """Entropy of the responsibilities of latents ``names`` (not of imputed missing values)."""
+def _entropy(latent_posterior: xr.Dataset, names: Sequence[str], em_stats: xr.Dataset) -> float:
+    """Entropy of the responsibilities of latents ``names`` (not of imputed missing values).
+
+    A chain's is the entropy of its posterior over whole paths (``<z>_path_entropy``).
+    """
     total = 0.0
     for name in names:
+        if f"{name}_path_entropy" in em_stats:
+            total += float(em_stats[f"{name}_path_entropy"])
+            continue
         r = np.asarray(latent_posterior[name].values, dtype="float64")
         with np.errstate(divide="ignore", invalid="ignore"):
             terms = np.where(r > 0, r * np.log(r), 0.0)  # 0 log 0 = 0
@@ -102,8 +110,9 @@ def information_criteria(
     log_lik = float(sum(loglik[v].values.sum() for v in loglik.data_vars))
     n_obs = int(sum(loglik[v].size for v in loglik.data_vars))
     n_params = problem.n_params
+    stats = idata["em_stats"].dataset if "em_stats" in idata.children else xr.Dataset()
     entropy = (
-        _entropy(idata["latent_posterior"].dataset, [lat.name for lat in problem.latents])
+        _entropy(idata["latent_posterior"].dataset, [lat.name for lat in problem.latents], stats)
         if "latent_posterior" in idata.children
         else 0.0
     )

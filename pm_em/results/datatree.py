@@ -65,15 +65,18 @@ def build_datatree(
     )
 
     lat_vars = {}
-    for lat, resp in zip(problem.latents, e.resp, strict=True):
+    chains = e.chains or (None,) * len(problem.latents)
+    for lat, resp, chain in zip(problem.latents, e.resp, chains, strict=True):
+        elem_coords = {d: coords[d] for d in lat.dims if d in coords}
         lat_vars[lat.name] = xr.DataArray(
             resp,
             dims=(*lat.dims, lat.support_dim),
-            coords={
-                lat.support_dim: support_coords(lat, coords),
-                **{d: coords[d] for d in lat.dims if d in coords},
-            },
+            coords={lat.support_dim: support_coords(lat, coords), **elem_coords},
         )
+        if chain is not None:  # a chain's most probable path (Viterbi)
+            lat_vars[f"{lat.name}_viterbi"] = xr.DataArray(
+                chain.viterbi, dims=lat.dims, coords=elem_coords
+            )
     for spec in problem.missing:
         mean, sd = missing_values[spec.name]
         dim_coords = {
@@ -137,10 +140,20 @@ def _em_stats(problem, best, runs, best_index, attrs, model_coords, counts=None)
             resp.reshape(-1, lat.support.size).sum(axis=0)
             for lat, resp in zip(problem.latents, best.estep.resp, strict=True)
         ]
-    for lat, count in zip(problem.latents, counts, strict=True):
+    chains = best.estep.chains or (None,) * len(problem.latents)
+    for lat, count, chain in zip(problem.latents, counts, chains, strict=True):
         # Expected number of latent elements taking each support value.
         data[f"{lat.name}_count"] = (lat.support_dim, count)
         coords[lat.support_dim] = support_coords(lat, model_coords)
+        if chain is not None:
+            # A chain's expected transition counts (summed over sequences), and the entropy
+            # of its posterior over whole paths (for ICL).
+            from_dim = f"{lat.support_dim}_from"
+            k = lat.support.size
+            transitions = chain.expectations.transitions.reshape(-1, k, k).sum(axis=0)
+            data[f"{lat.name}_transitions"] = ((from_dim, lat.support_dim), transitions)
+            data[f"{lat.name}_path_entropy"] = ((), chain.entropy)
+            coords[from_dim] = support_coords(lat, model_coords)
     return xr.Dataset(
         {k: xr.Variable(d, np.asarray(v)) for k, (d, v) in data.items()}, coords=coords, attrs=attrs
     )

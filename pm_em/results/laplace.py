@@ -49,7 +49,8 @@ _LOG_2PI = float(np.log(2.0 * np.pi))
 
 def log_posterior_graph(problem: EMProblem) -> pt.TensorVariable:
     """Build the observed-data log posterior as a graph of ``problem.x``, as the E-step does."""
-    terms = [pt.logsumexp(lat.log_joint, axis=-1).sum() for lat in problem.latents]
+    # Each latent summed out as the E-step does (the forward algorithm for a chain).
+    terms = [lat.log_marginal_graph().sum() for lat in problem.latents]
     terms += [t.sum() for t in problem.log_lik_rest.values()]
     return problem.log_prior + pt.add(pt.constant(0.0, dtype="float64"), *terms)
 

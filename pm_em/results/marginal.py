@@ -1,9 +1,10 @@
 """The model with its discrete latents summed out, and NUTS on it.
 
 `marginalize` rewrites a PyMC model so that each discrete latent and the observed variables
-it explains are replaced by one `pm.Potential` holding ``sum_i logsumexp_k log_joint[i, k]``,
-where ``log_joint`` is the very graph the E-step enumerates
-(`pm_em.reading.problem.Latent.log_joint`).
+it explains are replaced by one `pm.Potential` holding the latent's observed-data log
+likelihood, `pm_em.reading.problem.Latent.log_likelihood_graph`: ``sum_i logsumexp_k
+log_joint[i, k]`` over the very graph the E-step enumerates, or for a Markov chain
+forward–backward over the same emissions (whose gradient is the smoothed expectations).
 EM and NUTS therefore target one density: the marginal model's ``logp(jacobian=False)`` is
 the observed-data log posterior that EM maximizes.
 
@@ -81,10 +82,11 @@ def _marginal_model(problem: EMProblem) -> pm.Model:
         graph = graph_replace(graph, {problem.x: x_new, **shared}, strict=False)
         return model_potential(graph, _potential_name(model, name))
 
-    # The E-step's sum over each explicit latent's support, exactly as the E-step computes
-    # it. A marginal mixture is summed out already: it stays as the user wrote it.
+    # Each explicit latent summed out as the E-step does: its support enumerated (the forward
+    # algorithm for a chain). A marginal mixture is summed out already: it stays as the user
+    # wrote it.
     potentials = [
-        potential(pt.logsumexp(lat.log_joint, axis=-1).sum(), f"{lat.name}_marginal")
+        potential(lat.log_likelihood_graph(), f"{lat.name}_marginal")
         for lat in problem.latents
         if lat.mixture_of is None
     ]
@@ -135,9 +137,10 @@ def marginalize(model: pm.Model | None = None, *, latent: Sequence[str] | None =
     parameters and the Deterministics that do not involve a latent. Each explicit latent
     ``z``, the observed variables it explains and the potentials on it become one
     `pm.Potential` ``"<z>_marginal"``: ``sum_i logsumexp_k log p(z_i = k, y_i | θ)``, built
-    from the graph the E-step enumerates, so EM and NUTS on this model target the same
-    density. Marginal mixtures (`pm.Mixture`, `pm.NormalMixture`, ...) are summed out
-    already and stay as they are, with PyMC's own density.
+    from the graph the E-step enumerates (for a `pm_em.MarkovChain`, log p(y | θ) by the
+    forward algorithm), so EM and NUTS on this model target the same density. Marginal
+    mixtures (`pm.Mixture`, `pm.NormalMixture`, ...) are summed out already and stay as they
+    are, with PyMC's own density.
 
     Parameters
     ----------

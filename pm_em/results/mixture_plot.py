@@ -82,10 +82,10 @@ def _component_labels(em_idata: xr.DataTree, name: str, resp: xr.DataArray):
     support = [str(k) for k in resp[resp.dims[-1]].values]
     try:
         point = _em_point(em_idata)
-        dims = _component_dims(em_idata, point, None)
+        groups = _component_dims(em_idata, point, None)
     except ValueError:
-        dims = []
-    for dim in dims:
+        groups = []
+    for dim in (d for group in groups for d in group):
         if point.sizes[dim] == len(support) and dim in point.coords:
             return str(dim), [str(c) for c in point[dim].values]
     return name, support
