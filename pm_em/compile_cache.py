@@ -22,9 +22,16 @@ A compiled function holds storage for its inputs and outputs while it runs, so e
 of a shared function takes its lock: two fits of models of the same structure in two
 threads take turns rather than corrupt each other's values.
 
+A function compiled for a Python-linked mode (no C thunks: `pm_em.compiling.PY_MODE`,
+``"FAST_COMPILE"``) is compiled with no C compiler configured: PyTensor's constant folding
+otherwise evaluates each folded node with a C thunk, which on a fresh machine (an empty
+compile cache) means one C module per folded Op, seconds each, for values the Python
+implementation computes alike.
+
 Set ``PM_EM_COMPILE_CACHE=0`` to compile every graph anew; `clear` empties the cache.
 """
 
+import contextlib
 import os
 import threading
 from collections import OrderedDict
@@ -32,12 +39,14 @@ from collections.abc import Callable, Sequence
 
 import pytensor
 from pymc.pytensorf import compile as compile_pymc
+from pytensor.compile.mode import get_mode
 from pytensor.graph.basic import Variable
 from pytensor.graph.fg import FrozenFunctionGraph
+from pytensor.link.vm import VMLinker
 
 from pm_em.timing import stage
 
-__all__ = ["CachedFunction", "cache_info", "cached_function", "clear"]
+__all__ = ["CachedFunction", "cache_info", "cached_function", "clear", "no_c_compiler"]
 
 # Compiled functions kept (least recently used dropped first): a fit compiles about ten.
 MAX_ENTRIES = 256
@@ -96,6 +105,26 @@ def _options(compile_kwargs: dict) -> tuple:
     return tuple(items)
 
 
+def _python_linked(mode) -> bool:
+    """Whether ``mode`` runs every operation in Python (a VM linker without C thunks)."""
+    try:
+        linker = get_mode(mode).linker
+    except (ValueError, TypeError):
+        return False
+    return isinstance(linker, VMLinker) and not linker.c_thunks
+
+
+def no_c_compiler(mode):
+    """Context: no C compiler while compiling for ``mode`` if it is Python-linked.
+
+    See the module docstring; for every compile of a Python-linked function in pm_em, cached
+    or not.
+    """
+    if _python_linked(mode) and pytensor.config.cxx:
+        return pytensor.config.change_flags(cxx="")
+    return contextlib.nullcontext()
+
+
 def _key(inputs, outputs, recipe, compile_kwargs) -> tuple | None:
     try:
         graph = FrozenFunctionGraph.from_io(list(inputs), list(outputs))
@@ -144,7 +173,7 @@ def cached_function(
                 _STATS["hits"] += 1
                 return hit
     outputs = list(outputs)
-    with stage(f"compile {name}"):
+    with stage(f"compile {name}"), no_c_compiler(compile_kwargs.get("mode")):
         if grad_of is not None:
             grad = pytensor.grad(
                 outputs[grad_of], inputs[0], disconnected_inputs=disconnected_inputs
