@@ -28,6 +28,7 @@ rows, in this process or on a Dask cluster (`pm_em.chunked_fit`; the ``dask`` ex
 from pm_em.distributions import MarkovChain, stationary_distribution
 from pm_em.engine.monitor import ConvergenceMonitor
 from pm_em.exceptions import (
+    BoundaryPriorWarning,
     ChunkError,
     ClusterConnectionError,
     DegenerateFitError,
@@ -38,6 +39,7 @@ from pm_em.exceptions import (
     LabelSwitchingWarning,
     LaplaceWarning,
     MissingMomentWarning,
+    MultipleOptimaWarning,
     NoLatentWarning,
     NonMonotoneWarning,
 )
@@ -58,6 +60,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # Errors and warnings
+    "BoundaryPriorWarning",
     "ChunkError",
     "ClusterConnectionError",
     "DegenerateFitError",
@@ -66,6 +69,7 @@ __all__ = [
     "EMWarning",
     "EmptyComponentWarning",
     "MissingMomentWarning",
+    "MultipleOptimaWarning",
     "NoLatentWarning",
     "NonMonotoneWarning",
     # Low-level pieces

@@ -20,6 +20,7 @@ from pm_em.engine.chunked_run import chunked_start, polish_chunked, run_em_chunk
 from pm_em.engine.chunked_steps import ChunkedEngine
 from pm_em.engine.executors import InProcessExecutor, check_rows
 from pm_em.engine.health import EMPTY_COUNT
+from pm_em.engine.optima import group_optima
 from pm_em.engine.rows import resolve_sources
 from pm_em.exceptions import (
     DegenerateRunWarning,
@@ -60,33 +61,43 @@ class _Connection:
 
 
 def _restarts(engine, *, rngs, init, initvals, progress, run_kwargs) -> list:
+    """Run EM once per generator, as `pm_em.fitting._restarts` does (a degenerate run replaced)."""
+    from pm_em.fitting import _SCALE_PRIOR_HINT
+
     runs = []
     n_init, max_iter = len(rngs), run_kwargs["max_iter"]
-    for i, run_rng in enumerate(rngs):
-        task = progress.add_task(f"EM run {i + 1}/{n_init}", total=max_iter, log_posterior="…")
+    queue = list(rngs)
+    for i, run_rng in enumerate(queue):
+        name = f"{i + 1} of {n_init}" if i < n_init else f"{i + 1} (a replacement)"
+        task = progress.add_task(f"EM run {name}", total=max_iter, log_posterior="…")
         x0 = chunked_start(engine, init=init, initvals=initvals, run=i, rng=run_rng)
         run = run_em_chunked(engine, x0, run_index=i, progress=progress, task=task, **run_kwargs)
+        progress.update(task, total=max(run.n_iter, 1), completed=max(run.n_iter, 1))
+        runs.append(run)
         if run.status == "degenerate":
+            replaced = i < n_init
+            if replaced:
+                queue.append(run_rng.spawn(1)[0])
             warn(
-                f"EM run {i + 1} of {n_init} was abandoned: {run.message}. Under flat "
-                "priors the likelihood is unbounded when a component sits on one point; "
-                "other restarts carry on. A weakly informative prior on the scales (e.g. "
-                "`pm.HalfNormal` or `pm.InverseGamma`) removes the singularity.",
+                f"EM run {name} was abandoned: {run.message}. "
+                + ("A replacement run starts elsewhere. " if replaced else "")
+                + _SCALE_PRIOR_HINT,
                 DegenerateRunWarning,
             )
-        progress.update(task, completed=max_iter if run.converged else run.n_iter)
-        runs.append(run)
     return runs
 
 
-def _warn_about(problem, best, counts, *, max_iter, tol, polished) -> None:
+def _warn_about(problem, best, counts, optima, *, max_iter, tol, polished) -> None:
+    from pm_em.fitting import _warn_about_optima
+
     if not best.converged:
         warn(
             f"EM reached max_iter={max_iter} before the relative change of the log posterior "
             f"fell below tol={tol}. Increase `max_iter` or `tol`"
-            + (" (the final polish still moved the estimate to the mode)." if polished else "."),
+            + (" (the final polish moved the estimate towards the mode)." if polished else "."),
             EMConvergenceWarning,
         )
+    _warn_about_optima(optima)
     for lat, count in zip(problem.latents, counts, strict=True):
         if lat.kind != "Categorical":
             continue
@@ -120,10 +131,11 @@ def fit_chunked(
     compile_kwargs: Mapping | None,
 ) -> xr.DataTree:
     """Fit ``model`` by EM with the E-step per chunk of rows (arguments as `pm_em.fit`)."""
-    from pm_em.fitting import _best, _progress  # the top layer shares its helpers
+    from pm_em.fitting import _best, _progress, _warn_about_priors  # the top layer's helpers
 
     with _Connection(client) as connection:
         cm = chunked_model(model, latent, compile_kwargs)
+        _warn_about_priors(cm)
         sources, n_rows = resolve_sources(cm.graphs.binding, data)
         layout = make_layout(n_rows, chunk_size, sources)
         executor = connection.executor(sources, layout)
@@ -146,10 +158,11 @@ def fit_chunked(
             best = _best(runs)
             if polish:
                 polish_chunked(engine, best)
+            optima = group_optima(runs)
             arrays, counts = per_element_results(
                 cm, executor, sources, best.x, missing_counts, lazy=lazy, store=store
             )
-    _warn_about(cm.problem, best, counts, max_iter=max_iter, tol=tol, polished=polish)
+    _warn_about(cm.problem, best, counts, optima, max_iter=max_iter, tol=tol, polished=polish)
     return build_chunked_datatree(
         cm,
         sources,
@@ -157,6 +170,7 @@ def fit_chunked(
         best,
         runs,
         best_index=runs.index(best),
+        optima=[(o.log_posterior, o.runs) for o in optima],
         arrays=arrays,
         counts=counts,
         lazy=lazy,

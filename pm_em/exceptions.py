@@ -3,7 +3,6 @@
 `warn` issues a pm_em warning attributed to the first frame outside pm_em: the user's call.
 """
 
-import sys
 import warnings
 from pathlib import Path
 
@@ -12,11 +11,7 @@ _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 def warn(message: str, category: type[Warning]) -> None:
     """Warn with ``category``, pointing at the caller's first frame outside pm_em."""
-    level, frame = 1, sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        level += 1
-        frame = frame.f_back
-    warnings.warn(message, category, stacklevel=level)
+    warnings.warn(message, category, skip_file_prefixes=(_PACKAGE_DIR,))
 
 
 class EMWarning(UserWarning):
@@ -45,6 +40,20 @@ class MissingMomentWarning(EMWarning):
 
 class DegenerateRunWarning(EMWarning):
     """A restart was abandoned because the likelihood became unbounded (a collapsed component)."""
+
+
+class MultipleOptimaWarning(EMWarning):
+    """EM restarts ended at different optima, or the best was reached by a single restart.
+
+    ``em_stats.optimum_log_posterior`` and ``optimum_n_runs`` list the optima.
+    """
+
+
+class BoundaryPriorWarning(EMWarning):
+    """A prior's density is unbounded on the boundary (e.g. a Dirichlet with a < 1).
+
+    The posterior then has no global mode; EM returns at best a local mode inside.
+    """
 
 
 class NoLatentWarning(EMWarning):

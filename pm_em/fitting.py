@@ -10,19 +10,35 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import pymc as pm
 import xarray as xr
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from threadpoolctl import threadpool_limits
 
 from pm_em.engine.compiled import CompiledProblem, compile_model
-from pm_em.engine.health import EMPTY_COUNT, empty_components
-from pm_em.engine.init import VALID_INIT, InitMethod, initial_x
-from pm_em.engine.run import EMRun, run_em
+from pm_em.engine.health import (
+    EMPTY_COUNT,
+    Health,
+    boundary_priors,
+    check_components,
+    empty_components,
+)
+from pm_em.engine.init import SHORT_EM_ITER, VALID_INIT, InitMethod, initial_x
+from pm_em.engine.optima import group_optima, polish_contenders
+from pm_em.engine.run import EMRun, finish, run_em
 from pm_em.engine.run import polish as polish_run
 from pm_em.exceptions import (
+    BoundaryPriorWarning,
     DegenerateFitError,
     DegenerateRunWarning,
     EMConvergenceWarning,
     EmptyComponentWarning,
+    MultipleOptimaWarning,
     NoLatentWarning,
     warn,
 )
@@ -73,15 +89,19 @@ def fit(
         starts there; later restarts are data-driven.
     n_init : int, default 1
         Number of EM runs from different starting points; the one with the highest log
-        posterior is returned, and each run's result is in ``em_stats``.
+        posterior is returned, and each run's result is in ``em_stats`` with the distinct
+        optima they reached. A run that ends degenerate is replaced by one more start.
     init : {"auto", "kmeans", "random", "initial_point"} or callable, default "auto"
         How runs start. ``"auto"``: ``initvals`` if given, else k-means on the observed data
-        attached to each latent element gives starting responsibilities, and one M-step the
-        starting parameters (this breaks the symmetry of exchangeable components and needs no
-        prior draws). ``"random"``: Dirichlet-random responsibilities. ``"initial_point"``:
-        the model's initial point. A callable ``init(model, rng) -> dict`` gives initvals.
+        attached to each latent element (the best of several k-means++ seeds; with
+        multivariate data, the best of a few short EM runs from the best k-means solutions)
+        gives starting responsibilities, and one M-step the starting parameters (this breaks
+        the symmetry of exchangeable components and needs no prior draws). ``"random"``:
+        Dirichlet-random responsibilities. ``"initial_point"``: the model's initial point.
+        A callable ``init(model, rng) -> dict`` gives initvals.
     max_iter : int, default 1000
-        Maximum EM iterations per run; reaching it warns with `EMConvergenceWarning`.
+        Maximum EM iterations per run; reaching it warns with `EMConvergenceWarning` unless
+        the polish reached the mode.
     tol : float, default 1e-8
         Stop when the change in the observed-data log posterior, relative to its size, is at
         most ``tol``. ``tol=0`` runs ``max_iter`` iterations unless the value stops changing.
@@ -90,8 +110,11 @@ def fit(
     progressbar : bool, default True
         Show a progress bar.
     polish : bool, default True
-        Finish the best run with L-BFGS on the observed-data log posterior, which reaches the
-        exact mode that EM approaches only linearly. The gain is ``em_stats.polish_gain``.
+        Finish the best run with L-BFGS on the observed-data log posterior and Newton steps,
+        which reach the exact mode that EM approaches only linearly. The gain is
+        ``em_stats.polish_gain``. With or without it the returned point is checked to be a
+        local maximum (second-order conditions; identical components); from a saddle EM
+        carries on from a higher point (``em_stats.saddle_log_posterior``).
     accelerate : bool, default False
         Accelerate EM with SQUAREM (Varadhan and Roland 2008): extrapolate from two EM
         iterations, and keep the extrapolation only if the log posterior did not decrease
@@ -145,11 +168,13 @@ def fit(
     Raises
     ------
     ValueError
-        For a model EM cannot handle (named in the message), bad arguments, or a starting
-        point of zero density; for ``data`` whose names, shapes or values do not fit the
-        model, or a model whose E-step does not split into rows.
+        For a model EM cannot handle (named in the message), bad arguments (``initvals`` of
+        the wrong shape included), a mixture with at least as many components as its data
+        have distinct values, or a starting point of zero density (a NaN covariate named);
+        for ``data`` whose names, shapes or values do not fit the model, or a model whose
+        E-step does not split into rows.
     DegenerateFitError
-        When every run ended with an unbounded likelihood (a collapsed component).
+        When every run ended with an unbounded likelihood (a collapsed component, named).
     ChunkError
         When a chunk fails to compute (a failing read, a worker dying on it repeatedly):
         the message names the chunk and its rows; no partial result is returned.
@@ -160,10 +185,17 @@ def fit(
     -----
     NoLatentWarning
         When the model has no latent and no missing value: the result is the plain MAP.
+    DegenerateRunWarning
+        A run was abandoned (a component collapsed onto one value) and replaced.
+    MultipleOptimaWarning
+        ``n_init > 1`` and the best optimum was reached by a single run, or the runs ended
+        at different optima.
     EMConvergenceWarning
-        When the best run stopped at ``max_iter``.
+        ``max_iter`` was reached and the polish did not reach the mode (or was off).
     EmptyComponentWarning
-        When a mixture component has (almost) no responsibility at the estimate.
+        A mixture component has (almost) no responsibility at the estimate.
+    BoundaryPriorWarning
+        A Dirichlet or Beta prior has a concentration below 1 (no global mode).
 
     Examples
     --------
@@ -222,32 +254,47 @@ def fit(
             accelerate=accelerate,
             compile_kwargs=compile_kwargs,
         )
-    compiled = compile_model(pm.modelcontext(model), latent, compile_kwargs)
-    _warn_if_no_latent(compiled.problem)
-    started = time.perf_counter()
-    # One BLAS thread: the M-step's L-BFGS works on a few parameters, where OpenBLAS's thread
-    # start-up and spinning cost ~20x the arithmetic (measured on 2 cores, scipy 1.18).
-    with threadpool_limits(1, user_api="blas"):
-        with stage("EM runs"):
-            runs = _restarts(
-                compiled,
-                rngs=np.random.default_rng(random_seed).spawn(n_init),
-                init=init,
-                initvals=initvals,
-                progressbar=progressbar,
-                run_kwargs={"max_iter": max_iter, "tol": tol, "accelerate": accelerate},
-            )
-        best = _best(runs)
-        if polish:
-            with stage("polish"):
-                polish_run(compiled, best)
-    _warn_about(compiled, best, max_iter=max_iter, tol=tol, polished=polish)
+    model = pm.modelcontext(model)
+    root = np.random.default_rng(random_seed)
+    run_rngs = root.spawn(n_init)
+    check_rng = root.spawn(1)[0]  # Lanczos starts of the second-order check
+    run_kwargs = {"max_iter": max_iter, "tol": tol, "accelerate": accelerate}
+    with _progress(progressbar) as progress:
+        task = progress.add_task("Reading and compiling the model", total=None, log_posterior="")
+        compiled = compile_model(model, latent, compile_kwargs)
+        _warn_if_no_latent(compiled.problem)
+        health = Health(compiled.problem, gradient=_gradient(compiled))
+        check_components(compiled.problem, health)
+        progress.remove_task(task)
+        _warn_about_priors(compiled)
+        started = time.perf_counter()
+        # One BLAS thread: the M-step's L-BFGS works on a few parameters, where OpenBLAS's
+        # thread start-up and spinning cost ~20x the arithmetic (measured on 2 cores).
+        with threadpool_limits(1, user_api="blas"):
+            with stage("EM runs"):
+                runs = _restarts(
+                    compiled,
+                    health,
+                    rngs=run_rngs,
+                    init=init,
+                    initvals=initvals,
+                    progress=progress,
+                    run_kwargs=run_kwargs,
+                )
+            if polish:
+                with stage("polish"):
+                    polish_contenders(runs, lambda r: polish_run(compiled, r, health))
+            with stage("check the estimate"):
+                best = _finish_best(compiled, runs, health, check_rng, polish, run_kwargs)
+            optima = group_optima(runs)
+    _warn_about(compiled, best, optima, max_iter=max_iter, tol=tol, polished=polish)
     with stage("result"):
         return build_datatree(
             compiled.problem,
             best,
             runs,
             best_index=runs.index(best),
+            optima=[(o.log_posterior, o.runs) for o in optima],
             point_values=compiled.point_values(best.x),
             missing_values=compiled.impute(best.x, best.estep.resp),
             elapsed=time.perf_counter() - started,
@@ -267,6 +314,7 @@ def _validate(n_init, max_iter, tol, init) -> None:
 
 def _progress(progressbar: bool) -> Progress:
     return Progress(
+        SpinnerColumn(),
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -276,36 +324,83 @@ def _progress(progressbar: bool) -> Progress:
     )
 
 
+def _gradient(compiled: CompiledProblem) -> Callable:
+    """``gradient(x, e)`` of the observed-data log posterior (`value_and_grad`)."""
+
+    def gradient(x, e):
+        grad = compiled.value_and_grad(x)[1]
+        return grad if grad is not None else np.full_like(x, np.inf)
+
+    return gradient
+
+
+def _short_em(compiled: CompiledProblem, health: Health) -> Callable:
+    """``short_em(x) -> (x, log posterior)`` after `SHORT_EM_ITER` plain EM iterations."""
+    em = compiled.em_map
+
+    def short_em(x):
+        e = em.estep(x)
+        for _ in range(SHORT_EM_ITER):
+            if not np.isfinite(e.log_posterior) or health.spike(e) is not None:
+                return x, -np.inf
+            x = em.mstep(x, e)
+            e = em.estep(x)
+        ok = np.isfinite(e.log_posterior) and health.spike(e) is None
+        return x, e.log_posterior if ok else -np.inf
+
+    return short_em
+
+
 def _restarts(
-    compiled: CompiledProblem, *, rngs, init, initvals, progressbar, run_kwargs
+    compiled: CompiledProblem, health: Health, *, rngs, init, initvals, progress, run_kwargs
 ) -> list[EMRun]:
-    """Run EM once per generator in ``rngs``, each from its own start; warn about collapses."""
-    runs: list[EMRun] = []
+    """Run EM once per generator in ``rngs``, each from its own start.
+
+    A run that ends degenerate is abandoned with a `DegenerateRunWarning` and replaced by one
+    more restart (a later run of the same ``init``, from a generator spawned from its own),
+    at most one replacement per planned run.
+    """
     n_init, max_iter = len(rngs), run_kwargs["max_iter"]
-    with _progress(progressbar) as progress:
-        for i, run_rng in enumerate(rngs):
-            task = progress.add_task(f"EM run {i + 1}/{n_init}", total=max_iter, log_posterior="…")
-            x0 = initial_x(
-                compiled.problem,
-                init=init,
-                initvals=initvals,
-                run=i,
-                rng=run_rng,
-                estep=compiled.estep,
-                mstep=compiled.mstep,
+    queue = list(rngs)
+    runs: list[EMRun] = []
+    short_em = _short_em(compiled, health)
+    for i, run_rng in enumerate(queue):
+        name = f"{i + 1} of {n_init}" if i < n_init else f"{i + 1} (a replacement)"
+        task = progress.add_task(f"EM run {name}", total=max_iter, log_posterior="…")
+        x0 = initial_x(
+            compiled.problem,
+            init=init,
+            initvals=initvals,
+            run=i,
+            rng=run_rng,
+            estep=compiled.estep,
+            mstep=compiled.mstep,
+            short_em=short_em,
+        )
+        run = run_em(
+            compiled, x0, health=health, run_index=i, progress=progress, task=task, **run_kwargs
+        )
+        progress.update(task, total=max(run.n_iter, 1), completed=max(run.n_iter, 1))
+        runs.append(run)
+        if run.status == "degenerate":
+            replaced = i < n_init
+            if replaced:
+                queue.append(run_rng.spawn(1)[0])
+            warn(
+                f"EM run {name} was abandoned: {run.message}. "
+                + ("A replacement run starts elsewhere. " if replaced else "")
+                + _SCALE_PRIOR_HINT,
+                DegenerateRunWarning,
             )
-            run = run_em(compiled, x0, run_index=i, progress=progress, task=task, **run_kwargs)
-            if run.status == "degenerate":
-                warn(
-                    f"EM run {i + 1} of {n_init} was abandoned: {run.message}. Under flat "
-                    "priors the likelihood is unbounded when a component sits on one point; "
-                    "other restarts carry on. A weakly informative prior on the scales (e.g. "
-                    "`pm.HalfNormal` or `pm.InverseGamma`) removes the singularity.",
-                    DegenerateRunWarning,
-                )
-            progress.update(task, completed=max_iter if run.converged else run.n_iter)
-            runs.append(run)
     return runs
+
+
+_SCALE_PRIOR_HINT = (
+    "Under flat or HalfNormal priors on the scales the likelihood is unbounded where a "
+    "component sits on one value (its scale can shrink to zero); a prior that vanishes at "
+    "zero scale, such as `pm.InverseGamma`, removes the singularity, and data with a point "
+    "mass (many tied values) need a component of their own (a hurdle or zero-inflated model)."
+)
 
 
 def _best(runs: list[EMRun]) -> EMRun:
@@ -313,12 +408,33 @@ def _best(runs: list[EMRun]) -> EMRun:
     good = [r for r in runs if r.status != "degenerate"]
     if not good:
         raise DegenerateFitError(
-            f"All {len(runs)} EM run(s) ended in a degenerate point ({runs[0].message}). The "
-            "likelihood of this model is unbounded (flat priors on scales let a component "
-            "collapse onto one observation). Use a weakly informative prior on the scales, "
-            "such as `pm.HalfNormal` or `pm.InverseGamma`, or more restarts (`n_init`)."
+            f"All {len(runs)} EM run(s) ended in a degenerate point; in the first, "
+            f"{runs[0].message}. {_SCALE_PRIOR_HINT}"
         )
     return max(good, key=lambda r: r.final_log_posterior)
+
+
+def _finish_best(compiled, runs, health, rng, polish, run_kwargs) -> EMRun:
+    """Finish the best run at a local maximum (`finish`); if it then collapses, the next one."""
+    while True:
+        best = _best(runs)
+        finish(
+            compiled,
+            best,
+            health=health,
+            rng=rng,
+            polish_run=polish,
+            max_iter=run_kwargs["max_iter"],
+            tol=run_kwargs["tol"],
+            accelerate=run_kwargs["accelerate"],
+        )
+        if best.status != "degenerate":
+            return best
+        warn(
+            f"EM run {runs.index(best) + 1} was abandoned after it resumed from a saddle "
+            f"point: {best.message}. {_SCALE_PRIOR_HINT}",
+            DegenerateRunWarning,
+        )
 
 
 def _warn_if_no_latent(problem) -> None:
@@ -337,19 +453,81 @@ def _warn_if_no_latent(problem) -> None:
     )
 
 
-def _warn_about(compiled: CompiledProblem, best: EMRun, *, max_iter, tol, polished) -> None:
-    """Warn about a run stopped by ``max_iter`` and about empty components."""
-    if not best.converged:
+def _warn_about_priors(compiled: CompiledProblem) -> None:
+    found = boundary_priors(compiled.problem)
+    if found:
+        warn(
+            f"The prior of {', '.join(found)} has a concentration below 1: its density is "
+            "unbounded as a probability goes to 0, so the posterior has no global mode (it "
+            "is infinite on the boundary) and EM returns at best a local mode inside, often "
+            "with a spurious near-empty component. For a MAP estimate use concentrations "
+            ">= 1 (1: the maximum-likelihood estimate).",
+            BoundaryPriorWarning,
+        )
+
+
+def _warn_about(compiled, best: EMRun, optima, *, max_iter, tol, polished) -> None:
+    """Warn about a run stopped short of the mode, disagreeing restarts, empty components."""
+    if not best.converged and not (polished and best.mode_reached):
         warn(
             f"EM reached max_iter={max_iter} before the relative change of the log posterior "
             f"fell below tol={tol}. Increase `max_iter` or `tol`"
-            + (" (the final polish still moved the estimate to the mode)." if polished else "."),
+            + (
+                " (the final polish did not reach the mode either)."
+                if polished
+                else " (or keep `polish=True`, which finishes at the mode)."
+            ),
             EMConvergenceWarning,
         )
+    elif _far_from_mode(best.mode):
+        # EM "converged" (its steps became small) where the log posterior is still steep:
+        # a slow or stalled M-step, which no other check sees.
+        warn(
+            "EM stopped where the log posterior is not at a mode: a Newton step would move "
+            f"the estimate by {best.mode.newton_se:.3g} standard errors (largest gradient "
+            f"entry {best.mode.gradient_norm:.3g}). Lower `tol`, keep `polish=True`, or check "
+            "that the M-step can move every parameter (`em_stats.newton_step_se`).",
+            EMConvergenceWarning,
+        )
+    _warn_about_optima(optima)
     for name, ks in empty_components(compiled.problem, best.estep).items():
         warn(
             f"Latent '{name}' has empty component(s) {ks} at the estimate (expected count "
             f"below {EMPTY_COUNT}). Their parameters are not informed by the data; consider "
             "fewer components.",
             EmptyComponentWarning,
+        )
+
+
+# A Newton step longer than this many standard errors means the estimate is not the mode.
+FAR_FROM_MODE_SE = 1.0
+
+
+def _far_from_mode(check) -> bool:
+    """Tell whether the full-Hessian check of the estimate puts the mode far from it."""
+    return (
+        check is not None
+        and check.method == "hessian"
+        and not check.is_saddle
+        and bool(check.newton_se > FAR_FROM_MODE_SE)
+    )
+
+
+def _warn_about_optima(optima) -> None:
+    n_good = sum(len(o.runs) for o in optima)
+    if n_good < 2:
+        return
+    listed = ", ".join(f"{o.log_posterior:.10g} ({len(o.runs)} run(s))" for o in optima[:5])
+    if len(optima[0].runs) == 1:
+        warn(
+            f"The best log posterior was reached by 1 of the {n_good} EM runs (optima: "
+            f"{listed}): other starts may reach a higher one. Increase `n_init`, and compare "
+            "the optima in `em_stats.optimum_log_posterior`.",
+            MultipleOptimaWarning,
+        )
+    elif len(optima) > 1:
+        warn(
+            f"The EM runs ended at {len(optima)} different optima ({listed}); the estimate "
+            f"is the best, reached by {len(optima[0].runs)} of {n_good} runs.",
+            MultipleOptimaWarning,
         )

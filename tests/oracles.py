@@ -401,7 +401,8 @@ def unpack_chol_2d(packed) -> np.ndarray:
 class MvNormalLKJMixture(Mixture):
     """2-D MvNormal components, ``mu_k`` (prior ``loc_prior`` or flat) and a per-component
     ``LKJCholeskyCov(n=2, eta=1, sd_dist=HalfNormal(sd_scale))`` packed Cholesky factor
-    (parameter ``chol``, shape (K, 3)). Unconstrained: (log L00, L10, log L11)."""
+    (parameter ``chol``, shape (K, 3)). Unconstrained: (log L00, L10, log L11).
+    ``sd_scale=None``: a flat prior on the covariance (the maximum-likelihood covariance)."""
 
     def __init__(
         self, Y, K=2, *, weights=None, dirichlet_alpha=None, loc_prior=None, sd_scale=10.0
@@ -411,7 +412,7 @@ class MvNormalLKJMixture(Mixture):
         if self.Y.shape[1] != 2:
             raise NotImplementedError("2-D only")
         self.loc_prior = loc_prior
-        self.sd_prior = HalfNormalPrior(sd_scale)
+        self.sd_prior = None if sd_scale is None else HalfNormalPrior(sd_scale)
 
     def _unpack_comp(self, v):
         K = self.K
@@ -442,7 +443,7 @@ class MvNormalLKJMixture(Mixture):
 
     def _comp_log_prior(self, params):
         lp = _prior_logpdf(self.loc_prior, params["mu"])
-        for k in range(self.K):
+        for k in range(self.K if self.sd_prior is not None else 0):
             lp += lkj_cholesky_cov_2d_logpdf(params["chol"][k], 1.0, self.sd_prior)
         return lp
 
@@ -450,7 +451,7 @@ class MvNormalLKJMixture(Mixture):
         K = self.K
         g_mu = np.empty((K, 2))
         g_c = np.empty((K, 3))
-        s2 = self.sd_prior.sigma**2
+        s2 = self.sd_prior.sigma**2 if self.sd_prior is not None else np.inf
         for k in range(K):
             L00, L10, L11 = params["chol"][k]
             v0, v1 = self._whiten(params, k)
@@ -462,11 +463,12 @@ class MvNormalLKJMixture(Mixture):
             dL00 = np.sum(r * (g0 * v0 - 1.0 / L00))
             dL10 = np.sum(r * g1 * v0)
             dL11 = np.sum(r * (g1 * v1 - 1.0 / L11))
-            # LKJ prior, see lkj_cholesky_cov_2d_logpdf (sd1^2 = L10^2 + L11^2).
-            q = L10**2 + L11**2
-            dL00 += -L00 / s2
-            dL10 += -L10 / s2 - 2.0 * L10 / q
-            dL11 += -L11 / s2 + 1.0 / L11 - 2.0 * L11 / q
+            if self.sd_prior is not None:
+                # LKJ prior, see lkj_cholesky_cov_2d_logpdf (sd1^2 = L10^2 + L11^2).
+                q = L10**2 + L11**2
+                dL00 += -L00 / s2
+                dL10 += -L10 / s2 - 2.0 * L10 / q
+                dL11 += -L11 / s2 + 1.0 / L11 - 2.0 * L11 / q
             g_c[k] = [dL00 * L00, dL10, dL11 * L11]
         g_mu += _prior_dlogpdf(self.loc_prior, params["mu"])
         return np.concatenate([g_mu.ravel(), g_c.ravel()])

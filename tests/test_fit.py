@@ -196,10 +196,15 @@ def test_collapse_is_detected_and_restarts_carry_on():
     x = rng.normal(0, 1, 40)
     model = _gmm(x, flat=True)
     start = {"mu": np.array([x[0], 0.0]), "sigma": np.array([1e-3, 1.0])}
-    with pytest.raises(pm_em.DegenerateFitError, match="collapse"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", pm_em.DegenerateRunWarning)
-            pm_em.fit(model, initvals=start, progressbar=False, random_seed=0)
+    # One planned run: the degenerate one is replaced by a new start (k-means).
+    with pytest.warns(
+        pm_em.DegenerateRunWarning,
+        match=r"run 1 of 1 was abandoned: component 0 of latent 'z' collapsed onto 1 distinct "
+        r"value\(s\).*A replacement run starts elsewhere",
+    ):
+        idata = pm_em.fit(model, initvals=start, progressbar=False, random_seed=0)
+    assert list(idata.em_stats["restart_status"].values) == ["degenerate", "converged"]
+    assert int(idata.em_stats["best_restart"]) == 1
     with pytest.warns(pm_em.DegenerateRunWarning, match="run 1 of 3 was abandoned"):
         idata = pm_em.fit(model, initvals=start, n_init=3, progressbar=False, random_seed=0)
     status = list(idata.em_stats["restart_status"].values)

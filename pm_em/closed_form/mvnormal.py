@@ -105,7 +105,7 @@ def match_mvnormal(ctx: Context, comps: Components) -> Block | None:
     if mu is None or cov is None or "shared" in (mu.kind, cov.kind):
         return None
     data = data_graph(ctx.problem.model, y)
-    d = data.type.shape[-1]  # static for data (a mixture's own type may not know it)
+    d = _row_length(data, y, mu, ctx)
     if d is None:
         return None
     expected = {id(mu): (n_support, d), id(cov): (n_support, d, d)}
@@ -123,3 +123,16 @@ def match_mvnormal(ctx: Context, comps: Components) -> Block | None:
         if prior is not None and prior.kind == "flat" and ctx.claimable(role.rv, {y}):
             claims.append(role.rv.name)
     return MvNormalComponents(data, mu, cov, tuple(claims))
+
+
+def _row_length(data: Variable, y: Variable, mu: Role, ctx: Context) -> int | None:
+    """Return the length d of a row: from the static types, else the means' declared shape.
+
+    A ``pm.Data`` container declared with dims has no static shape (its length can change
+    with ``pm.set_data``); the means, one row of d per component, then tell d.
+    """
+    for known in (data.type.shape[-1], y.type.shape[-1]):
+        if known is not None:
+            return int(known)
+    shape = ctx.shapes[mu.rv.name] if mu.rv is not None else np.shape(mu.value)
+    return int(shape[-1]) if mu.kind == "indexed" and len(shape) == 2 else None

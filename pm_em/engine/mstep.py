@@ -22,7 +22,7 @@ from pm_em.compiling import CHECK_MODE, LazyFunction, compile_with_data
 from pm_em.engine.accel import EMMap
 from pm_em.engine.chains import expectation_inputs, expected_log_joint, flat_inputs
 from pm_em.engine.estep import LeanEStepResult, compile_estep, compile_lean_estep
-from pm_em.engine.objective import compile_neg_log_post, estep_objective
+from pm_em.engine.objective import compile_value_and_grad, estep_value_and_grad, value_and_grad
 from pm_em.exceptions import EMWarning, warn
 from pm_em.reading.problem import EMProblem
 
@@ -264,15 +264,15 @@ class Steps:
     mstep : callable
         ``mstep(x, resp) -> x_new``.
     em_map : EMMap
-    neg_log_post : callable
-        ``neg_log_post(x) -> (-log posterior, gradient)``, the polish's objective (compiled on
-        first use).
+    value_and_grad : callable
+        ``value_and_grad(x) -> (log posterior, gradient or None)`` of the observed-data log
+        posterior, for the polish and the checks of the estimate (`pm_em.engine.objective`).
     """
 
     estep: Callable
     mstep: Callable
     em_map: EMMap
-    neg_log_post: Callable
+    value_and_grad: Callable
 
 
 def _chain_estep(problem: EMProblem, plan: ClosedFormPlan, estep: Callable, compile_kwargs):
@@ -337,7 +337,7 @@ def build_mstep(
     if plan is None:
         numeric = NumericMStep(neg_q_and_grad)
         em_map = EMMap(estep=estep, mstep=lambda x, e: numeric(x, e.expectations))
-        return Steps(estep, numeric, em_map, estep_objective(estep, neg_q_and_grad))
+        return Steps(estep, numeric, em_map, estep_value_and_grad(estep, neg_q_and_grad))
     # A chain's E-step is forward–backward on the emissions, which the full E-step returns:
     # the lean E-step (statistics inside one graph) is for independent latents, and a chain's
     # statistics come from the smoothed marginals every iteration, compiled with the backend.
@@ -350,7 +350,7 @@ def build_mstep(
         # The polish's objective: the E-step and Q's gradient at its expectations (a
         # chain's log likelihood is forward-backward's, not a logsumexp per element).
         em_map = EMMap(estep=estep, mstep=lambda x, e: mstep(x, e.expectations))
-        return Steps(estep, mstep, em_map, estep_objective(estep, neg_q_and_grad))
+        return Steps(estep, mstep, em_map, estep_value_and_grad(estep, neg_q_and_grad))
     log_joints = [plan.log_joint(j) for j in range(len(problem.latents))]
     full_estep = compile_estep(problem, log_joints=log_joints, **compile_kwargs)
     if lean_mode == "auto":
@@ -366,6 +366,9 @@ def build_mstep(
             return mstep.step(x, e.stats, lambda: full_estep(x).resp)
         return mstep(x, e.resp)
 
-    neg_log_post = LazyFunction(lambda: compile_neg_log_post(problem, log_joints, **compile_kwargs))
+    fused = value_and_grad(
+        lambda: compile_value_and_grad(problem, log_joints, **compile_kwargs),
+        estep_value_and_grad(full_estep, neg_q_and_grad),
+    )
     em_map = EMMap(estep=lean_estep, mstep=lean_mstep, lean=True)
-    return Steps(full_estep, mstep, em_map, neg_log_post)
+    return Steps(full_estep, mstep, em_map, fused)

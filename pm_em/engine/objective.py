@@ -1,15 +1,21 @@
-"""The polish's objective: minus the observed-data log posterior and its gradient at ``x``.
+"""The observed-data log posterior and its gradient at ``x``: `value_and_grad`.
 
-The polish (`pm_em.engine.run.polish`) minimizes it with L-BFGS and Newton steps. Two ways
-to get it, the same function to round-off:
+The polish (`pm_em.engine.run.polish`) maximizes it with L-BFGS and Newton steps, and the
+checks of the estimate (`pm_em.engine.curvature`) differentiate its gradient. Two ways to
+get it, the same function to round-off:
 
-- `compile_neg_log_post`: one compiled function of ``x`` returning both, from the closed-form
-  plan's broadcasts when the M-step is closed form (whose fit otherwise never compiles Q, the
-  costliest graph of a model) or from the model's own enumerated densities. It returns no
-  array of size n, so nothing of the size of the responsibilities is kept per evaluation.
-- `estep_objective`: the E-step and the gradient of Q at its expectations (Fisher's
-  identity), from the functions a numeric M-step has compiled already. The only form for a
-  chain latent, whose log likelihood is forward–backward's (computed outside the graph).
+- `compile_value_and_grad`: one compiled function of ``x`` returning both, from the
+  closed-form plan's broadcasts when the plan covers every parameter. Such a fit never
+  compiles Q otherwise (the costliest graph of a model), the function returns no array of
+  size n (nothing the size of the responsibilities is kept per evaluation), and an MvNormal
+  mixture needs K Cholesky factors instead of one per row.
+- `estep_value_and_grad`: the E-step and the gradient of Q at its expectations (Fisher's
+  identity), from functions EM compiles anyway. The only form for a chain latent, whose log
+  likelihood is forward–backward's (computed outside the graph), and the fallback wherever
+  the fused gradient is not finite (e.g. through impossible assignments).
+
+Both return ``(log posterior, gradient)``, the gradient None where the log posterior is not
+finite.
 """
 
 from collections.abc import Callable, Sequence
@@ -18,27 +24,23 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
 
-from pm_em.compiling import compile_with_data
+from pm_em.compiling import LazyFunction, compile_with_data
 from pm_em.reading.problem import EMProblem
 
-__all__ = ["compile_neg_log_post", "estep_objective"]
+__all__ = ["compile_value_and_grad", "estep_value_and_grad", "value_and_grad"]
 
-Objective = Callable[[np.ndarray], tuple[float, np.ndarray]]
-
-
-def _outside(x: np.ndarray) -> tuple[float, np.ndarray]:
-    """Outside the support: tell the line search to step back."""
-    return np.inf, np.zeros_like(x)
+ValueAndGrad = Callable[[np.ndarray], tuple[float, np.ndarray | None]]
 
 
-def compile_neg_log_post(
+def compile_value_and_grad(
     problem: EMProblem, log_joints: Sequence[Variable] | None = None, **compile_kwargs
-) -> Objective:
-    """Compile ``x -> (-log posterior, -d log posterior / dx)`` in one function.
+) -> ValueAndGrad:
+    """Compile ``x -> (log posterior, d log posterior / dx)`` in one function.
 
     Parameters
     ----------
     problem : EMProblem
+        Its latents must be independent (no chain: see the module docstring).
     log_joints : sequence of Variable, optional
         Each latent's joint log density, (*shape, K), in place of ``latent.log_joint`` (a
         closed-form plan's broadcasts).
@@ -46,7 +48,7 @@ def compile_neg_log_post(
         Passed to `pymc.pytensorf.compile`.
     """
     if any(lat.coupling == "chain" for lat in problem.latents):
-        raise ValueError("a chain latent's log likelihood is forward-backward's: estep_objective")
+        raise ValueError("a chain latent's log likelihood is forward-backward's: use the E-step")
     if log_joints is None:
         log_joints = [latent.log_joint for latent in problem.latents]
     log_post = problem.log_prior + pt.add(
@@ -57,30 +59,47 @@ def compile_neg_log_post(
     fn = compile_with_data(
         problem.model,
         [problem.x],
-        [-log_post],
+        [log_post],
         name="log posterior and gradient",
         grad_of=0,
         **compile_kwargs,
     )
 
-    def neg_log_post(x: np.ndarray) -> tuple[float, np.ndarray]:
-        value, g = fn(np.asarray(x, dtype="float64"))
+    def fused(x: np.ndarray) -> tuple[float, np.ndarray | None]:
+        value, grad = fn(np.asarray(x, dtype="float64"))
         value = float(value)
         if not np.isfinite(value):
-            return _outside(x)
-        return value, np.asarray(g, dtype="float64")
+            return value, None
+        return value, np.asarray(grad, dtype="float64")
 
-    return neg_log_post
+    return fused
 
 
-def estep_objective(estep: Callable, neg_q: Callable) -> Objective:
-    """Return the same objective from an E-step and the gradient of Q (Fisher's identity)."""
+def estep_value_and_grad(estep: Callable, neg_q: Callable) -> ValueAndGrad:
+    """Return the same function from an E-step and Q's gradient (Fisher's identity)."""
 
-    def neg_log_post(x: np.ndarray) -> tuple[float, np.ndarray]:
+    def via_q(x: np.ndarray) -> tuple[float, np.ndarray | None]:
         e = estep(x)
         if not np.isfinite(e.log_posterior):
-            return _outside(x)
-        _, grad = neg_q(x, *e.expectations)  # a chain's: its ChainExpectations
-        return -e.log_posterior, grad
+            return e.log_posterior, None
+        value, neg_grad = neg_q(x, *e.expectations)  # a chain's: its ChainExpectations
+        return e.log_posterior, (-neg_grad if np.isfinite(value) else None)
 
-    return neg_log_post
+    return via_q
+
+
+def value_and_grad(fused: Callable[[], ValueAndGrad], via_q: ValueAndGrad) -> ValueAndGrad:
+    """Return the fused function (built on first use), the E-step form where it fails.
+
+    ``fused`` builds the function (`compile_value_and_grad`); where its gradient is not
+    finite, ``via_q`` (`estep_value_and_grad`) answers instead.
+    """
+    fused_fn = LazyFunction(fused)
+
+    def log_posterior_and_grad(x: np.ndarray) -> tuple[float, np.ndarray | None]:
+        value, grad = fused_fn(x)
+        if grad is None or np.all(np.isfinite(grad)):
+            return value, grad
+        return via_q(x)
+
+    return log_posterior_and_grad

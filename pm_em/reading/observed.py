@@ -3,19 +3,36 @@
 import numpy as np
 import pymc as pm
 from pytensor.graph.basic import Constant, Variable
+from pytensor.scalar.basic import Cast
+from pytensor.tensor.elemwise import Elemwise
 from pytensor.tensor.sharedvar import TensorSharedVariable
 
 __all__ = ["check_observed", "observed_data"]
 
 
 def observed_data(model: pm.Model, rv: Variable) -> np.ndarray | None:
-    """Return the data of observed variable ``rv`` (constant or shared), else None."""
+    """Return the data of observed variable ``rv`` (constant or shared), else None.
+
+    A cast is seen through: ``pm.Data`` stores integers as int32, and a discrete likelihood
+    observes them as ``Cast{int64}`` of the shared variable.
+    """
     value = model.rvs_to_values.get(rv)
+    dtype = None
+    while (
+        value is not None
+        and value.owner is not None
+        and isinstance(value.owner.op, Elemwise)
+        and isinstance(value.owner.op.scalar_op, Cast)
+    ):
+        dtype = dtype or value.dtype
+        value = value.owner.inputs[0]
     if isinstance(value, Constant):
-        return np.asarray(value.data)
-    if isinstance(value, TensorSharedVariable):
-        return np.asarray(value.get_value())
-    return None
+        data = np.asarray(value.data)
+    elif isinstance(value, TensorSharedVariable):
+        data = np.asarray(value.get_value())
+    else:
+        return None
+    return data.astype(dtype) if dtype is not None else data
 
 
 def check_observed(model: pm.Model) -> None:

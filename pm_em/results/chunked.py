@@ -200,6 +200,7 @@ def build_chunked_datatree(
     runs,
     *,
     best_index: int,
+    optima=(),
     arrays: dict,
     counts: tuple,
     lazy: bool,
@@ -254,7 +255,9 @@ def build_chunked_datatree(
     groups = {
         "posterior": posterior,
         "latent_posterior": xr.Dataset(lat_vars, attrs=attrs),
-        "em_stats": _em_stats(problem, best, runs, best_index, attrs, coords, counts=counts),
+        "em_stats": _em_stats(
+            problem, best, runs, best_index, attrs, coords, counts=counts, optima=optima
+        ),
         "log_likelihood": xr.Dataset(log_lik, attrs=attrs),
         **_data_groups(cm, sources, layout, lazy, attrs, coords),
     }

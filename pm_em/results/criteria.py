@@ -46,6 +46,40 @@ def _entropy(latent_posterior: xr.Dataset, names: Sequence[str], em_stats: xr.Da
     return total
 
 
+def _fitted(idata: xr.DataTree, model: pm.Model | None, latent) -> tuple[int, list[str]]:
+    """Count the fitted model's parameters and name its latents.
+
+    From the model given or in context; outside any model context, from what `pm_em.fit`
+    recorded: ``em_stats.n_params``, and a ``<z>_count`` in ``em_stats`` per latent ``z``.
+    """
+    if model is None:
+        try:
+            model = pm.modelcontext(None)
+        except TypeError:  # no model on the context stack
+            stats = idata["em_stats"].dataset if "em_stats" in idata.children else xr.Dataset()
+            if "n_params" not in stats:
+                raise ValueError(
+                    "Outside a model context `information_criteria` needs `model=` or the "
+                    "`em_stats.n_params` that `pm_em.fit` records; `idata` has neither."
+                ) from None
+            post = (
+                idata["latent_posterior"].dataset
+                if "latent_posterior" in idata.children
+                else xr.Dataset()
+            )
+            names = [str(v).removesuffix("_count") for v in stats.data_vars]
+            return int(stats["n_params"]), [n for n in names if n in post and n + "_count" in stats]
+    problem = compile_model(model, latent).problem
+    post = idata["posterior"].dataset if "posterior" in idata.children else xr.Dataset()
+    missing = [p.name for p in problem.params if p.name not in post]
+    if missing:
+        raise ValueError(
+            f"`idata.posterior` lacks parameter(s) {missing} of the model: pass the model "
+            "that `idata` was fitted to (`model=`)."
+        )
+    return problem.n_params, [lat.name for lat in problem.latents]
+
+
 def information_criteria(
     idata: xr.DataTree,
     *,
@@ -60,7 +94,8 @@ def information_criteria(
         The result of `pm_em.fit` for ``model``.
     model : pm.Model, optional
         The fitted model, which tells how many free parameters it has; default: the model
-        of the ``with`` context.
+        of the ``with`` context, or, outside any, the count `pm_em.fit` recorded in
+        ``em_stats.n_params``.
     latent : sequence of str, optional
         The latents EM summed out (as passed to `pm_em.fit`).
 
@@ -90,17 +125,9 @@ def information_criteria(
     >>> int(ic["n_params"]), int(ic["n_obs"])
     (5, 500)
     """
-    model = pm.modelcontext(model)
     if "log_likelihood" not in idata.children:
         raise ValueError("`idata` has no `log_likelihood` group; pass the result of `pm_em.fit`.")
-    problem = compile_model(model, latent).problem
-    post = idata["posterior"].dataset if "posterior" in idata.children else xr.Dataset()
-    missing = [p.name for p in problem.params if p.name not in post]
-    if missing:
-        raise ValueError(
-            f"`idata.posterior` lacks parameter(s) {missing} of the model: pass the model "
-            "that `idata` was fitted to (`model=`)."
-        )
+    n_params, latents = _fitted(idata, model, latent)
     loglik = idata["log_likelihood"].dataset
     if loglik.sizes.get("chain", 1) * loglik.sizes.get("draw", 1) != 1:
         raise ValueError(
@@ -109,10 +136,9 @@ def information_criteria(
         )
     log_lik = float(sum(loglik[v].values.sum() for v in loglik.data_vars))
     n_obs = int(sum(loglik[v].size for v in loglik.data_vars))
-    n_params = problem.n_params
     stats = idata["em_stats"].dataset if "em_stats" in idata.children else xr.Dataset()
     entropy = (
-        _entropy(idata["latent_posterior"].dataset, [lat.name for lat in problem.latents], stats)
+        _entropy(idata["latent_posterior"].dataset, latents, stats)
         if "latent_posterior" in idata.children
         else 0.0
     )

@@ -41,6 +41,7 @@ def build_datatree(
     runs: Sequence,
     *,
     best_index: int,
+    optima: Sequence[tuple[float, Sequence[int]]] = (),
     point_values: dict[str, np.ndarray],
     missing_values: dict[str, tuple[np.ndarray, np.ndarray]],
     elapsed: float,
@@ -100,7 +101,7 @@ def build_datatree(
         log_lik, attrs=attrs, coords=coords, dims={**dims, **log_lik_dims}
     )
 
-    em_stats = _em_stats(problem, best, runs, best_index, attrs, coords)
+    em_stats = _em_stats(problem, best, runs, best_index, attrs, coords, optima=optima)
 
     groups = {
         "posterior": posterior,
@@ -117,24 +118,47 @@ def build_datatree(
     return xr.DataTree.from_dict(groups)
 
 
-def _em_stats(problem, best, runs, best_index, attrs, model_coords, counts=None) -> xr.Dataset:
+def _em_stats(
+    problem, best, runs, best_index, attrs, model_coords, counts=None, optima=()
+) -> xr.Dataset:
     # ``counts``: each latent's expected counts per support value, when the caller has them
     # without the responsibilities (a chunked fit, pm_em.results.chunked); else from them.
+    # ``optima``: (log posterior, run indices) of the distinct optima the runs reached.
+    optimum_of = np.full(len(runs), -1)
+    for j, (_, members) in enumerate(optima):
+        optimum_of[list(members)] = j
+    mode = best.mode
     data = {
         "log_posterior": ("iteration", np.asarray(best.log_posterior)),
         "log_likelihood": ("iteration", np.asarray(best.log_likelihood)),
         "converged": ((), bool(best.converged)),
         "n_iter": ((), int(best.n_iter)),
+        "n_params": ((), int(problem.n_params)),
         "final_log_posterior": ((), float(best.estep.log_posterior)),
         "final_log_likelihood": ((), float(best.estep.log_likelihood)),
         "polish_gain": ((), float(best.polish_gain)),
+        "mode_reached": ((), bool(getattr(best, "mode_reached", False))),
+        "mode_check": ((), str(mode.method if mode is not None else "none")),
+        "max_curvature": ((), float(mode.max_curvature if mode is not None else np.nan)),
+        "gradient_norm": ((), float(mode.gradient_norm if mode is not None else np.nan)),
+        "newton_step_se": ((), float(mode.newton_se if mode is not None else np.nan)),
+        "saddle_log_posterior": ("saddle", np.asarray(best.saddles, dtype="float64")),
         "best_restart": ((), int(best_index)),
         "restart_log_posterior": ("restart", [r.final_log_posterior for r in runs]),
         "restart_n_iter": ("restart", [r.n_iter for r in runs]),
         "restart_converged": ("restart", [bool(r.converged) for r in runs]),
         "restart_status": ("restart", np.array([r.status for r in runs], dtype=str)),
+        "restart_message": ("restart", np.array([r.message for r in runs], dtype=str)),
+        "restart_optimum": ("restart", optimum_of),
+        "optimum_log_posterior": ("optimum", np.array([lp for lp, _ in optima], dtype="float64")),
+        "optimum_n_runs": ("optimum", np.array([len(m) for _, m in optima], dtype=int)),
     }
-    coords = {"iteration": np.arange(len(best.log_posterior)), "restart": np.arange(len(runs))}
+    coords = {
+        "iteration": np.arange(len(best.log_posterior)),
+        "restart": np.arange(len(runs)),
+        "optimum": np.arange(len(optima)),
+        "saddle": np.arange(len(best.saddles)),
+    }
     if counts is None:
         counts = [
             resp.reshape(-1, lat.support.size).sum(axis=0)

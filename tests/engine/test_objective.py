@@ -1,4 +1,4 @@
-"""The polish's objective (`pm_em.engine.objective`): minus the log posterior and its gradient.
+"""`pm_em.engine.objective`: the observed-data log posterior and its gradient (the polish's).
 
 Both forms, the one compiled function of the closed-form path and the E-step with Q's
 gradient (Fisher's identity), must equal the observed-data log posterior and its gradient;
@@ -14,7 +14,7 @@ import pm_em
 from pm_em.closed_form import match_closed_form
 from pm_em.engine.compiled import compile_model
 from pm_em.engine.estep import EStepResult
-from pm_em.engine.objective import compile_neg_log_post, estep_objective
+from pm_em.engine.objective import compile_value_and_grad, estep_value_and_grad
 from pm_em.reading.build import build_problem
 from tests.oracles import make_rng
 
@@ -68,17 +68,17 @@ def test_one_compiled_function_equals_the_estep_and_q_gradient():
     problem = compiled.problem
     plan = match_closed_form(problem)
     assert plan is not None and plan.complete
-    # The closed-form path's objective, from the plan's broadcasts.
-    fused = compile_neg_log_post(problem, [plan.log_joint(0)], mode="CVM")
-    reference = estep_objective(compiled.estep, compiled.neg_q)
+    # The closed-form path's function, from the plan's broadcasts.
+    fused = compile_value_and_grad(problem, [plan.log_joint(0)], mode="CVM")
+    reference = estep_value_and_grad(compiled.estep, compiled.neg_q)
     for x in _points(problem, rng):
         value, grad = fused(x)
         want_value, want_grad = reference(x)
         # Two graphs of one density: round-off apart.
         np.testing.assert_allclose(value, want_value, rtol=1e-11)
         np.testing.assert_allclose(grad, want_grad, rtol=1e-8, atol=1e-8)
-    # The closed-form fit's own objective is the fused one.
-    np.testing.assert_allclose(compiled.neg_log_post(x)[0], want_value, rtol=1e-11)
+    # The closed-form fit's own function is the fused one.
+    np.testing.assert_allclose(compiled.value_and_grad(x)[0], want_value, rtol=1e-11)
 
 
 def test_a_chain_objective_is_forward_backward_and_its_gradient():
@@ -87,15 +87,15 @@ def test_a_chain_objective_is_forward_backward_and_its_gradient():
     problem = compiled.problem
     assert problem.latents[0].coupling == "chain"
     with pytest.raises(ValueError, match="forward-backward"):
-        compile_neg_log_post(problem)
+        compile_value_and_grad(problem)
 
     def log_post(x):
         e = compiled.estep(x)
         assert isinstance(e, EStepResult) and e.chains[0] is not None
-        return -e.log_posterior
+        return e.log_posterior
 
     for x in _points(problem, rng, n=2):
-        value, grad = compiled.neg_log_post(x)
+        value, grad = compiled.value_and_grad(x)
         assert value == pytest.approx(log_post(x), rel=1e-12)
         # Fisher's identity through the chain's expected transitions and initial state.
         np.testing.assert_allclose(grad, _central_difference(log_post, x), rtol=1e-5, atol=1e-5)
@@ -119,8 +119,8 @@ def test_the_polish_of_a_chain_ends_where_the_gradient_vanishes():
     idata = pm_em.fit(model, random_seed=1, progressbar=False)
     compiled = compile_model(model)
     x = _unconstrained(model, compiled.problem, idata.posterior)
-    value, grad = compiled.neg_log_post(x)
-    assert -value == pytest.approx(float(idata.em_stats.final_log_posterior), rel=1e-10)
+    value, grad = compiled.value_and_grad(x)
+    assert value == pytest.approx(float(idata.em_stats.final_log_posterior), rel=1e-10)
     # At the mode: the polish (L-BFGS, then Newton steps) leaves a gradient of round-off size
     # (EM alone stops where its linear rate leaves ~1e-3 here).
     assert np.max(np.abs(grad)) < 1e-5, grad
@@ -139,11 +139,11 @@ def test_the_objective_of_a_partial_plan_is_the_estep_form():
     compiled = compile_model(model)
     problem = build_problem(model)
     for x in _points(problem, rng, n=2):
-        value, grad = compiled.neg_log_post(x)
-        assert value == pytest.approx(-compiled.estep(x).log_posterior, rel=1e-12)
+        value, grad = compiled.value_and_grad(x)
+        assert value == pytest.approx(compiled.estep(x).log_posterior, rel=1e-12)
         np.testing.assert_allclose(
             grad,
-            _central_difference(lambda x: -compiled.estep(x).log_posterior, x),
+            _central_difference(lambda x: compiled.estep(x).log_posterior, x),
             rtol=1e-5,
             atol=1e-5,
         )
