@@ -43,6 +43,7 @@ from pm_em.exceptions import (
     warn,
 )
 from pm_em.results.datatree import build_datatree
+from pm_em.timing import stage
 
 __all__ = ["fit"]
 
@@ -124,7 +125,8 @@ def fit(
         Passed to `pymc.pytensorf.compile`, e.g. ``{"mode": "NUMBA"}``; the extra key
         ``"lean_mode"`` sets the backend of the per-iteration E-step of a closed-form model
         alone (``"auto"``: Numba for large data). Default:
-        `pm_em.compiling.default_compile_kwargs`, ``{"mode": "CVM", "lean_mode": "auto"}``.
+        `pm_em.compiling.default_compile_kwargs`, ``{"mode": "auto", "lean_mode": "auto"}``
+        (``"auto"``: PyTensor's Python linker for small problems, C "CVM" for larger ones).
     data : dict of {str: array_like}, optional
         Rows for this fit, in place of the model's own: keys are ``pm.Data`` containers or
         observed variables whose leading axis is the latent elements (the rows); values are
@@ -269,30 +271,34 @@ def fit(
         # One BLAS thread: the M-step's L-BFGS works on a few parameters, where OpenBLAS's
         # thread start-up and spinning cost ~20x the arithmetic (measured on 2 cores).
         with threadpool_limits(1, user_api="blas"):
-            runs = _restarts(
-                compiled,
-                health,
-                rngs=run_rngs,
-                init=init,
-                initvals=initvals,
-                progress=progress,
-                run_kwargs=run_kwargs,
-            )
+            with stage("EM runs"):
+                runs = _restarts(
+                    compiled,
+                    health,
+                    rngs=run_rngs,
+                    init=init,
+                    initvals=initvals,
+                    progress=progress,
+                    run_kwargs=run_kwargs,
+                )
             if polish:
-                polish_contenders(runs, lambda r: polish_run(compiled, r, health))
-            best = _finish_best(compiled, runs, health, check_rng, polish, run_kwargs)
+                with stage("polish"):
+                    polish_contenders(runs, lambda r: polish_run(compiled, r, health))
+            with stage("check the estimate"):
+                best = _finish_best(compiled, runs, health, check_rng, polish, run_kwargs)
             optima = group_optima(runs)
     _warn_about(compiled, best, optima, max_iter=max_iter, tol=tol, polished=polish)
-    return build_datatree(
-        compiled.problem,
-        best,
-        runs,
-        best_index=runs.index(best),
-        optima=[(o.log_posterior, o.runs) for o in optima],
-        point_values=compiled.point_values(best.x),
-        missing_values=compiled.impute(best.x, best.estep.resp),
-        elapsed=time.perf_counter() - started,
-    )
+    with stage("result"):
+        return build_datatree(
+            compiled.problem,
+            best,
+            runs,
+            best_index=runs.index(best),
+            optima=[(o.log_posterior, o.runs) for o in optima],
+            point_values=compiled.point_values(best.x),
+            missing_values=compiled.impute(best.x, best.estep.resp),
+            elapsed=time.perf_counter() - started,
+        )
 
 
 def _validate(n_init, max_iter, tol, init) -> None:

@@ -38,6 +38,9 @@ class Block:
     # `stats_k`): K graphs over vectors of length n fuse and vectorize better than one graph
     # over (n, K), which the lean E-step then uses.
     unrolled: bool = False
+    # Whether `update` takes the flat parameter vector too (``update(stats, current, x=x)``):
+    # a block that maximizes numerically over its own coordinates.
+    uses_x: bool = False
     # Whether `stats` takes a chain's `ChainExpectations` (P's and p0's blocks) rather than
     # (n, K) responsibilities (every other block, a chain's emissions included).
     takes_chain: bool = False

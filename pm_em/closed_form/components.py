@@ -15,6 +15,7 @@ of a free variable, a free variable shared by all components, a constant), so th
 family matcher reads one structure whatever the form of the model.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,7 @@ from pytensor.tensor.subtensor import Subtensor
 
 from pm_em.closed_form.block import Context
 from pm_em.closed_form.graph import Role, constant_value, read_role, strip_expand
+from pm_em.reading.component_logp import broadcasts_only, params_at
 from pm_em.reading.mixture_graph import MarginalMixture
 
 __all__ = ["Components", "explicit_components", "mixture_components"]
@@ -48,6 +50,12 @@ class Components:
         every component (e.g. a Binomial's trials), broadcastable to the data; else None.
     n_support : int
         The number of components K.
+    component : callable or None
+        ``component(k) -> params``: component k's distribution parameters in the Op's order,
+        graphs of the model's random variables with the component's core shape (leading
+        length-1 axes allowed), for families whose parameters are graphs of several free
+        variables (an MvNormal covariance from an LKJ Cholesky factor); None when they
+        cannot be read per component.
     element_ndim : int
         The number of axes of the latent's elements (1 for a mixture over observations; 2
         for a chain over (sequence, time)); the data have these axes, plus the components'
@@ -59,6 +67,7 @@ class Components:
     roles: tuple[Role | None, ...]
     constants: tuple[np.ndarray | None, ...]
     n_support: int
+    component: Callable[[int], tuple[Variable, ...]] | None = None
     element_ndim: int = 1
 
 
@@ -70,7 +79,15 @@ def explicit_components(ctx: Context, y: Variable, z: Variable, n_support: int) 
         constant_value(p) if role is None or role.kind == "const" else None
         for p, role in zip(params, roles, strict=True)
     )
-    return Components(y.owner.op, y, roles, constants, n_support, element_ndim=z.type.ndim)
+    component = None
+    if None not in z.type.shape and broadcasts_only(list(params), z):
+
+        def component(k: int) -> tuple[Variable, ...]:
+            return tuple(params_at(list(params), z, k))
+
+    return Components(
+        y.owner.op, y, roles, constants, n_support, component, element_ndim=z.type.ndim
+    )
 
 
 def mixture_components(ctx: Context, mixture: MarginalMixture, n_support: int) -> Components | None:
@@ -93,10 +110,15 @@ def mixture_components(ctx: Context, mixture: MarginalMixture, n_support: int) -
             for params, n_dim in zip(per_param, core, strict=True)
         )
         constants = tuple(_batched_constant(params[0]) for params in per_param)
+        component = None
     else:
         roles = tuple(_listed_role(ctx, params, n_support) for params in per_param)
         constants = tuple(_listed_constant(params) for params in per_param)
-    return Components(op, mixture.rv, roles, constants, n_support)
+
+        def component(k: int) -> tuple[Variable, ...]:
+            return tuple(params[k] for params in per_param)
+
+    return Components(op, mixture.rv, roles, constants, n_support, component)
 
 
 def _batched_role(ctx: Context, param: Variable, core_ndim: int, n_support: int) -> Role | None:

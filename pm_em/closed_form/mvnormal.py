@@ -9,10 +9,10 @@ from pm_em.closed_form.components import Components
 from pm_em.closed_form.graph import Role, data_graph
 from pm_em.closed_form.priors import read_prior
 
-__all__ = ["match_mvnormal"]
+__all__ = ["MvNormalComponents", "match_mvnormal"]
 
 
-class _MvNormalComponents(Block):
+class MvNormalComponents(Block):
     """Observed rows y_i ~ MvNormal(mu[z_i], cov[z_i]), d-dimensional.
 
     Statistics per component k, centred at the current mean c_k: N_k = Σ r_ik,
@@ -33,9 +33,13 @@ class _MvNormalComponents(Block):
     def _param(self, role: Role, values) -> Variable:
         return pt.as_tensor(role.value) if role.rv is None else values[role.rv.name]
 
+    def _covariances(self, values) -> Variable:
+        return self._param(self.cov, values)
+
     def log_density(self, values):
+        """Return log N(y_i | mu_k, Σ_k), (n, K): one Cholesky factor per component."""
         mu = self._param(self.mu, values)  # (K, d)
-        cov = self._param(self.cov, values)  # (K, d, d)
+        cov = self._covariances(values)  # (K, d, d)
         chol = pt.linalg.cholesky(cov, lower=True, on_error="nan")
         # Inverse Cholesky factors of the K covariances, then only elementwise work on data.
         eye = pt.eye(cov.shape[-1])
@@ -50,6 +54,7 @@ class _MvNormalComponents(Block):
         return pt.switch(ok[None, :], log_p, -np.inf)
 
     def stats(self, resp, values):
+        """Return N_k, A_k and B_k (the class docstring) from the responsibilities (n, K)."""
         centre = self._param(self.mu, values)
         diff = self.data[:, None, :] - centre[None, :, :]  # (n, K, d)
         weighted = resp[:, :, None] * diff
@@ -57,6 +62,7 @@ class _MvNormalComponents(Block):
         return [resp.sum(axis=0), weighted.sum(axis=0), scatter]
 
     def update(self, stats, current):
+        """Return the weighted means and covariances (flat priors); None if not PD."""
         n, a, b = stats
         c = np.broadcast_to(self._value(self.mu, current), a.shape).astype("float64")
         if np.any(n <= 0):
@@ -116,7 +122,7 @@ def match_mvnormal(ctx: Context, comps: Components) -> Block | None:
         prior = read_prior(role.rv, ctx.shapes[role.rv.name])
         if prior is not None and prior.kind == "flat" and ctx.claimable(role.rv, {y}):
             claims.append(role.rv.name)
-    return _MvNormalComponents(data, mu, cov, tuple(claims))
+    return MvNormalComponents(data, mu, cov, tuple(claims))
 
 
 def _row_length(data: Variable, y: Variable, mu: Role, ctx: Context) -> int | None:

@@ -18,6 +18,7 @@ from pm_em.closed_form.registry import COMPONENTS
 from pm_em.closed_form.transforms import to_unconstrained
 from pm_em.closed_form.transitions import emission_weights, match_chain
 from pm_em.closed_form.weights import match_mixture_weights, match_weights
+from pm_em.compile_cache import no_c_compiler
 from pm_em.reading.mixture_graph import as_mixture
 from pm_em.reading.problem import ChainExpectations, EMProblem
 
@@ -180,7 +181,11 @@ class ClosedFormPlan:
                 if not block.claims:
                     continue
                 # Conditional maximization: later blocks see earlier blocks' new values.
-                result = block.update(block_stats, {**current, **new_values})
+                seen = {**current, **new_values}
+                if block.uses_x:  # a numeric step on statistics needs the vector itself
+                    result = block.update(block_stats, seen, x=x)
+                else:
+                    result = block.update(block_stats, seen)
                 if result is None:
                     return None
                 new_values.update(result)
@@ -212,12 +217,13 @@ def _constrained_shapes(problem: EMProblem) -> dict[str, tuple[int, ...]]:
     if all(None not in shape for shape in static.values()):
         return static  # the usual case: no need to evaluate anything
     names = list(problem.constrained)
-    fn = pytensor.function(
-        [problem.x],
-        [problem.constrained[k] for k in names],
-        mode=_CHECK_MODE,
-        on_unused_input="ignore",
-    )
+    with no_c_compiler(_CHECK_MODE):
+        fn = pytensor.function(
+            [problem.x],
+            [problem.constrained[k] for k in names],
+            mode=_CHECK_MODE,
+            on_unused_input="ignore",
+        )
     start = np.where(np.isfinite(problem.start), problem.start, 0.0)
     return {k: np.shape(v) for k, v in zip(names, fn(start), strict=True)}
 

@@ -21,14 +21,31 @@ from pm_em.closed_form.categorical import match_categorical
 from pm_em.closed_form.components import Components
 from pm_em.closed_form.counts import match_binomial, match_poisson
 from pm_em.closed_form.mvnormal import match_mvnormal
+from pm_em.closed_form.mvnormal_cov import match_mvnormal_cov
 from pm_em.closed_form.normal import match_normal
 
-__all__ = ["COMPONENTS"]
+__all__ = ["COMPONENTS", "first_match"]
+
+
+def first_match(*matchers: Callable) -> Callable[[Context, Components], Block | None]:
+    """Return a matcher trying ``matchers`` in turn: the first block found, or None."""
+
+    def match(ctx: Context, comps: Components) -> Block | None:
+        for matcher in matchers:
+            block = matcher(ctx, comps)
+            if block is not None:
+                return block
+        return None
+
+    return match
+
 
 # Component distributions, keyed on their Op type.
 COMPONENTS: dict[type, Callable[[Context, Components], Block | None]] = {
     NormalRV: match_normal,
-    MvNormalRV: match_mvnormal,
+    # A free covariance matrix with a flat prior in closed form; covariances built from
+    # other free variables (LKJ Cholesky factors) by an ECM step on the statistics.
+    MvNormalRV: first_match(match_mvnormal, match_mvnormal_cov),
     PoissonRV: match_poisson,
     BernoulliRV: match_binomial,
     BinomialRV: match_binomial,

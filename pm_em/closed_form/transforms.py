@@ -9,7 +9,7 @@ the numeric M-step. To support another transform, register its forward map with
 from collections.abc import Callable
 
 import numpy as np
-from pymc.distributions.transforms import Ordered
+from pymc.distributions.transforms import CholeskyCovPacked, Ordered
 from pymc.logprob.transforms import LogOddsTransform, LogTransform, SimplexTransform
 
 __all__ = ["FORWARD", "register_forward", "to_unconstrained"]
@@ -55,6 +55,18 @@ def _ordered(transform, value):
     first = np.log(value[..., :1]) if transform.positive else value[..., :1]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.concatenate([first, np.log(np.diff(value, axis=-1))], axis=-1)
+
+
+@register_forward(CholeskyCovPacked)
+def _cholesky_cov_packed(transform, value):
+    # The packed lower triangle of an n x n Cholesky factor, row by row: n (n + 1) / 2
+    # entries, the diagonal at 0, 2, 5, 9, ... (PyMC's `diag_idxs`), on the log scale.
+    n = round((np.sqrt(8 * value.shape[-1] + 1) - 1) / 2)
+    diag = np.cumsum(np.arange(1, n + 1)) - 1
+    out = np.array(value, dtype="float64", copy=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[..., diag] = np.log(value[..., diag])
+    return out
 
 
 def to_unconstrained(transform, value: np.ndarray) -> np.ndarray | None:

@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
-import pytensor
 import pytensor.tensor as pt
-from pymc.pytensorf import compile as compile_pymc
 from pytensor.gradient import disconnected_grad
 from pytensor.graph.basic import Variable
 from pytensor.graph.replace import clone_replace
 
+from pm_em.compile_cache import cached_function
 from pm_em.engine.rows import RowBinding, row_value
 from pm_em.exceptions import ChunkError
 from pm_em.reading.problem import EMProblem
@@ -271,14 +270,21 @@ class KernelGraphs:
 
     def _compile(self, kind, theta, outputs, layout, grad_of=None, **compile_kwargs):
         rebound = self.binding.rebind(outputs)
-        if grad_of is not None:
-            # The gradient of the rebound graph: one taken before rebinding would pin shapes
-            # to the template's rows (gradient Ops carry their inputs' static shapes).
-            grad = pytensor.grad(rebound[grad_of], self.problem.x, disconnected_inputs="ignore")
-            rebound.insert(grad_of + 1, grad)
+        # The gradient is of the rebound graph: one taken before rebinding would pin shapes
+        # to the template's rows (gradient Ops carry their inputs' static shapes). A model of
+        # the same structure reuses the compiled kernel (`pm_em.compile_cache`); the Dask
+        # workers get the PyTensor function itself.
         inputs = [*theta, *(i.variable for i in self.binding.inputs)]
-        fn = compile_pymc(inputs, rebound, on_unused_input="ignore", **compile_kwargs)
-        return ChunkKernel(kind, fn, self.binding.specs, layout)
+        fn = cached_function(
+            inputs,
+            rebound,
+            name=f"chunk kernel {kind}",
+            grad_of=grad_of,
+            disconnected_inputs="ignore",
+            on_unused_input="ignore",
+            **compile_kwargs,
+        )
+        return ChunkKernel(kind, fn.fn, self.binding.specs, layout)
 
     def resp_inputs(self) -> list[Variable]:
         """One (rows, K) responsibilities input per latent."""

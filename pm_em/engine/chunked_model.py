@@ -17,7 +17,7 @@ import pytensor
 import pytensor.tensor as pt
 
 from pm_em.closed_form import match_closed_form
-from pm_em.compiling import compile_with_data, default_compile_kwargs
+from pm_em.compiling import AUTO_C_SIZE, compile_with_data, default_compile_kwargs, resolve_mode
 from pm_em.engine.chunk_check import verify_kernel
 from pm_em.engine.chunked import ChunkKernel, KernelGraphs, compile_kernel
 from pm_em.engine.compiled import CompiledProblem, compile_model
@@ -149,6 +149,8 @@ def chunked_model(
     graphs = KernelGraphs.build(problem, plan, binding)
     kwargs = dict(compile_kwargs)
     lean_mode = kwargs.pop("lean_mode", None)
+    # Chunks are for data too large for one array: "auto" is C, whatever the template's size.
+    kwargs["mode"] = resolve_mode(kwargs.get("mode", "auto"), AUTO_C_SIZE)
     result = ChunkedModel(
         reference=reference,
         graphs=graphs,

@@ -4,7 +4,11 @@
 that goes away takes its functions with it), so restarts, repeated fits, `sample_marginal`,
 `laplace` and `information_criteria` reuse the same compiled functions.
 
-The cache notices `pm.set_data`: an entry is keyed on the model's variable names and the
+Two caches, one design: this one per model object (its problem and functions), and below it
+`pm_em.compile_cache`, keyed on each graph's structure with the data as inputs, which lets a
+new model of the same structure reuse the compiled functions of another.
+
+This cache notices `pm.set_data`: an entry is keyed on the model's variable names and the
 shapes of its shared data (``pm.Data``), so data of a new shape read and compile the model
 again (its graphs carry the old shapes); new values of the same shapes reach the compiled
 functions through the shared variables, and only `EMProblem.data` (the values that starting
@@ -18,18 +22,23 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pymc as pm
-import pytensor
-import pytensor.tensor as pt
 from pytensor.tensor.sharedvar import TensorSharedVariable
 
-from pm_em.compiling import LazyFunction, compile_with_data, default_compile_kwargs
+from pm_em.compiling import (
+    CHECK_MODE,
+    LazyFunction,
+    default_compile_kwargs,
+    graph_building,
+    resolve_mode,
+)
 from pm_em.engine.accel import EMMap
 from pm_em.engine.estep import EStepResult, compile_estep
-from pm_em.engine.mstep import ClosedFormMStep, build_mstep, compile_q
+from pm_em.engine.mstep import build_mstep, compile_q
 from pm_em.engine.values import compile_missing, compile_point_values
 from pm_em.reading.build import build_problem
 from pm_em.reading.observed import check_observed, observed_data
 from pm_em.reading.problem import EMProblem
+from pm_em.timing import stage
 
 __all__ = ["CompiledProblem", "compile_model"]
 
@@ -60,7 +69,8 @@ class CompiledProblem:
         A hash of the shared data's values when ``problem.data`` was read.
     value_and_grad : callable
         ``value_and_grad(x) -> (log posterior, gradient or None)`` of the observed-data log
-        posterior, for the polish and the checks of the estimate (see `_value_and_grad`).
+        posterior, for the polish and the checks of the estimate (`pm_em.engine.objective`:
+        one compiled function for a closed-form model, the E-step and Q's gradient else).
     """
 
     problem: EMProblem
@@ -104,10 +114,20 @@ def compile_model(
             hit = _refresh_data(model, hit, digest)
             per_model[key] = hit
         return hit
-    result = _compile(build_problem(model, latent), dict(compile_kwargs), signature)
+    with graph_building():
+        with stage("build_problem"):
+            problem = build_problem(model, latent)
+        with stage("compile_model"):
+            result = _compile(problem, dict(compile_kwargs), signature)
     result = replace(result, data_digest=digest)
     per_model[key] = result
     return result
+
+
+def _size(problem: EMProblem) -> int:
+    """Values a fit computes with: latent elements times support values, other observations."""
+    size = sum(int(np.prod(lat.shape)) * lat.support.size for lat in problem.latents)
+    return size + sum(int(np.size(v)) for v in problem.data.values())
 
 
 def _shared_data(model: pm.Model) -> list[TensorSharedVariable]:
@@ -143,69 +163,24 @@ def _refresh_data(model: pm.Model, hit: CompiledProblem, digest: bytes) -> Compi
 def _compile(problem: EMProblem, compile_kwargs: dict, signature: tuple) -> CompiledProblem:
     # "lean_mode" is ours, not pytensor's: the backend of the lean E-step alone.
     lean_mode = compile_kwargs.pop("lean_mode", None)
+    compile_kwargs["mode"] = resolve_mode(compile_kwargs.get("mode", "auto"), _size(problem))
     # The model's own E-step; a closed-form model replaces it (build_mstep) and compiles it
     # only to check its lean E-step once.
     estep = LazyFunction(lambda: compile_estep(problem, **compile_kwargs))
     # Q and its gradient compile on first use: a closed-form fit may never need them.
     neg_q = LazyFunction(lambda: compile_q(problem, **compile_kwargs))
-    values = compile_point_values(problem, **compile_kwargs)
-    impute = compile_missing(problem, **compile_kwargs)
-    estep, mstep, em_map = build_mstep(problem, estep, neg_q, lean_mode=lean_mode, **compile_kwargs)
+    # Evaluated once per fit: no full rewrite, no backend compile.
+    values = LazyFunction(lambda: compile_point_values(problem, mode=CHECK_MODE))
+    impute = LazyFunction(lambda: compile_missing(problem, mode=CHECK_MODE))
+    steps = build_mstep(problem, estep, neg_q, lean_mode=lean_mode, **compile_kwargs)
     return CompiledProblem(
         problem,
-        estep,
+        steps.estep,
         neg_q,
-        mstep,
+        steps.mstep,
         values,
         impute,
         signature,
-        em_map,
-        value_and_grad=_value_and_grad(problem, estep, neg_q, mstep, compile_kwargs),
+        steps.em_map,
+        value_and_grad=steps.value_and_grad,
     )
-
-
-def _value_and_grad(problem: EMProblem, estep, neg_q, mstep, compile_kwargs: dict) -> Callable:
-    """``x -> (log posterior, gradient)`` of the observed-data log posterior.
-
-    A closed-form model whose plan covers everything compiles it (on first use) from the
-    plan's broadcasts: no (n, K) responsibilities leave the function, and an MvNormal
-    mixture needs K Cholesky factors instead of one per row. Any other model, or a gradient
-    that is not finite there (e.g. through impossible assignments), takes the E-step's
-    responsibilities and the gradient of Q (Fisher's identity), functions EM compiles anyway.
-    The gradient is None where the log posterior is not finite.
-    """
-
-    def via_q(x):
-        e = estep(x)
-        if not np.isfinite(e.log_posterior):
-            return e.log_posterior, None
-        value, neg_grad = neg_q(x, *e.expectations)  # a chain's: ChainExpectations
-        return e.log_posterior, (-neg_grad if np.isfinite(value) else None)
-
-    chain = any(lat.coupling == "chain" for lat in problem.latents)
-    if chain or not (isinstance(mstep, ClosedFormMStep) and mstep.plan.complete):
-        return via_q
-    plan = mstep.plan
-
-    def build():
-        joints = [plan.log_joint(j) for j in range(len(problem.latents))]
-        log_post = problem.log_prior + pt.add(
-            pt.constant(0.0, dtype="float64"),
-            *(pt.logsumexp(lj, axis=-1).sum() for lj in joints),
-            *(t.sum() for t in problem.log_lik_rest.values()),
-        )
-        grad = pytensor.grad(log_post, problem.x)
-        return compile_with_data(problem.model, [problem.x], [log_post, grad], **compile_kwargs)
-
-    fused = LazyFunction(build)
-
-    def value_and_grad(x):
-        x = np.asarray(x, dtype="float64")
-        value, grad = fused(x)
-        value = float(value)
-        if not np.isfinite(value):
-            return value, None
-        grad = np.asarray(grad, dtype="float64")
-        return (value, grad) if np.all(np.isfinite(grad)) else via_q(x)
-
-    return value_and_grad

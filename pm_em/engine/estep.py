@@ -115,7 +115,11 @@ class EStepResult:
 
 
 def compile_estep(
-    problem: EMProblem, log_joints: Sequence[Variable] | None = None, **compile_kwargs
+    problem: EMProblem,
+    log_joints: Sequence[Variable] | None = None,
+    *,
+    name: str = "E-step",
+    **compile_kwargs,
 ) -> Callable[[np.ndarray], EStepResult]:
     """Compile the E-step of ``problem`` into a function of the flat parameter vector.
 
@@ -125,6 +129,8 @@ def compile_estep(
     log_joints : sequence of Variable, optional
         Each latent's joint log density, (*shape, K), in place of the model's own
         (``latent.log_joint``): a closed-form plan's broadcasts, cheaper in time and memory.
+    name : str, default "E-step"
+        What the function is, for `pm_em.timing`.
     **compile_kwargs
         Passed to `pymc.pytensorf.compile` (e.g. ``mode``).
 
@@ -154,7 +160,7 @@ def compile_estep(
         *(r.sum() for r in rest),
     )
     outputs += [*rest, problem.log_prior, log_post]
-    fn = compile_with_data(problem.model, [problem.x], outputs, **compile_kwargs)
+    fn = compile_with_data(problem.model, [problem.x], outputs, name=name, **compile_kwargs)
     n_rest = len(rest)
     has_chain = any(lat.coupling == "chain" for lat in problem.latents)
 
@@ -255,7 +261,9 @@ def compile_lean_estep(
         *(r.sum() for r in rest),
     )
     outputs = [*stats, *log_marginal, *rest, problem.log_prior, log_post]
-    fn = compile_with_data(problem.model, [problem.x], outputs, **compile_kwargs)
+    fn = compile_with_data(
+        problem.model, [problem.x], outputs, name="lean E-step", **compile_kwargs
+    )
     n_stats, n_lat, n_rest = len(stats), len(log_marginal), len(rest)
 
     def lean_estep(x: np.ndarray) -> LeanEStepResult:

@@ -11,11 +11,11 @@ from collections.abc import Callable, Mapping
 from typing import Literal, get_args
 
 import numpy as np
-from pymc.initial_point import make_initial_point_fn
 
 from pm_em.engine.chains import start_expectations
 from pm_em.engine.estep import EStepResult
 from pm_em.engine.profile import latent_rows
+from pm_em.reading.initial_point import initial_point
 from pm_em.reading.problem import EMProblem, Latent
 
 __all__ = ["InitMethod", "initial_x", "kmeans", "kmeans_solutions", "start_resps"]
@@ -71,14 +71,10 @@ def base_x(problem: EMProblem, initvals: Mapping[str, object] | None) -> np.ndar
                 f"`initvals['{name}']` has shape {got}, but '{name}' has shape {expected} in "
                 "the model. Pass an array of that shape (constrained values)."
             )
-    fn = make_initial_point_fn(
-        model=model,
-        overrides={model[k]: np.asarray(v) for k, v in initvals.items()},
-        jitter_rvs=set(),
-        return_transformed=True,
-    )
+    overrides = {model[k]: np.asarray(v) for k, v in initvals.items()}
     try:
-        point = fn(0)
+        # issue 12: PyMC's initial-point graph evaluated without compiling it (same values).
+        point = initial_point(model, overrides, seed=0)
     except Exception as err:  # pymc raises several types for an unusable initval
         raise ValueError(f"Could not build the starting point from `initvals`: {err}") from err
     x = problem.to_x(point)

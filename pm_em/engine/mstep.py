@@ -12,22 +12,24 @@ lean E-step directly, ``mstep.step(x, stats, resp_at)``.
 """
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
-import pytensor
 from scipy.optimize import minimize
 
 from pm_em.closed_form import ClosedFormPlan, match_closed_form
-from pm_em.compiling import CHECK_MODE, compile_with_data
+from pm_em.compiling import CHECK_MODE, LazyFunction, compile_with_data
 from pm_em.engine.accel import EMMap
 from pm_em.engine.chains import expectation_inputs, expected_log_joint, flat_inputs
 from pm_em.engine.estep import LeanEStepResult, compile_estep, compile_lean_estep
+from pm_em.engine.objective import compile_value_and_grad, estep_value_and_grad, value_and_grad
 from pm_em.exceptions import EMWarning, warn
 from pm_em.reading.problem import EMProblem
 
 __all__ = [
     "ClosedFormMStep",
     "NumericMStep",
+    "Steps",
     "build_mstep",
     "compile_q",
     "compile_stats",
@@ -52,10 +54,14 @@ def compile_q(problem: EMProblem, **compile_kwargs) -> QFunction:
         q = q + expected_log_joint(lat, resp)
     for term in problem.log_lik_rest.values():
         q = q + term.sum()
-    neg_q = -q
-    grad = pytensor.grad(neg_q, problem.x)
-    inputs = [problem.x, *flat_inputs(resp_vars)]
-    fn = compile_with_data(problem.model, inputs, [neg_q, grad], **compile_kwargs)
+    fn = compile_with_data(
+        problem.model,
+        [problem.x, *flat_inputs(resp_vars)],
+        [-q],
+        name="Q and gradient",
+        grad_of=0,
+        **compile_kwargs,
+    )
 
     def neg_q_and_grad(x: np.ndarray, *resp: np.ndarray) -> tuple[float, np.ndarray]:
         value, g = fn(x, *flat_inputs(resp))
@@ -143,7 +149,7 @@ def compile_stats(problem: EMProblem, plan: ClosedFormPlan, **compile_kwargs) ->
     # steps only: numpy-speed Python-linked ops are enough, and cost no backend compile.
     inputs = [problem.x, *flat_inputs(resp_vars)]
     compile_kwargs = compile_kwargs or {"mode": CHECK_MODE}
-    fn = compile_with_data(problem.model, inputs, stats, **compile_kwargs)
+    fn = compile_with_data(problem.model, inputs, stats, name="statistics", **compile_kwargs)
 
     def stats_from_resp(x: np.ndarray, *resp: np.ndarray) -> tuple[np.ndarray, ...]:
         out = fn(np.asarray(x, dtype="float64"), *flat_inputs(resp))
@@ -247,6 +253,28 @@ class CheckedLeanEStep:
         return e
 
 
+@dataclass(frozen=True)
+class Steps:
+    """The functions EM iterates with, as `build_mstep` chose them.
+
+    Attributes
+    ----------
+    estep : callable
+        ``estep(x) -> EStepResult``, with responsibilities.
+    mstep : callable
+        ``mstep(x, resp) -> x_new``.
+    em_map : EMMap
+    value_and_grad : callable
+        ``value_and_grad(x) -> (log posterior, gradient or None)`` of the observed-data log
+        posterior, for the polish and the checks of the estimate (`pm_em.engine.objective`).
+    """
+
+    estep: Callable
+    mstep: Callable
+    em_map: EMMap
+    value_and_grad: Callable
+
+
 def _chain_estep(problem: EMProblem, plan: ClosedFormPlan, estep: Callable, compile_kwargs):
     """Return the E-step with a chain's emissions from the plan's broadcasts, checked once.
 
@@ -275,14 +303,16 @@ def build_mstep(
     *,
     lean_mode: str | None = None,
     **compile_kwargs,
-) -> tuple[Callable, Callable, EMMap]:
+) -> Steps:
     """Choose the E- and M-steps of ``problem`` and the EM iteration that uses them.
 
     Closed form where `pm_em.closed_form` recognizes the model, numeric otherwise. When the
     closed form covers every parameter, the per-iteration E-step is the lean one (checked
-    once against the model's own E-step, see `CheckedLeanEStep`), and the full E-step (for
-    starting points and results) is compiled from the same broadcasts, which needs a third
-    less memory and time than the model's own graph of gathers.
+    once against the model's own E-step, see `CheckedLeanEStep`, which is then compiled for
+    that one evaluation only, in `pm_em.compiling.CHECK_MODE`), and the full E-step (for
+    starting points and results) and the polish's objective are compiled from the same
+    broadcasts, which needs a third less memory and time than the model's own graph of
+    gathers (and its Q, the costliest graph of a model, is never compiled).
 
     Parameters
     ----------
@@ -301,38 +331,44 @@ def build_mstep(
 
     Returns
     -------
-    estep : callable
-        ``estep(x) -> EStepResult``, with responsibilities.
-    mstep : callable
-        ``mstep(x, resp) -> x_new``.
-    em_map : EMMap
+    Steps
     """
     plan = match_closed_form(problem)
     if plan is None:
         numeric = NumericMStep(neg_q_and_grad)
-        return estep, numeric, EMMap(estep=estep, mstep=lambda x, e: numeric(x, e.expectations))
+        em_map = EMMap(estep=estep, mstep=lambda x, e: numeric(x, e.expectations))
+        return Steps(estep, numeric, em_map, estep_value_and_grad(estep, neg_q_and_grad))
     # A chain's E-step is forward–backward on the emissions, which the full E-step returns:
     # the lean E-step (statistics inside one graph) is for independent latents, and a chain's
     # statistics come from the smoothed marginals every iteration, compiled with the backend.
     has_chain = any(lat.coupling == "chain" for lat in problem.latents)
     stats_kwargs = {"mode": compile_kwargs.get("mode")} if has_chain else {}
     mstep = ClosedFormMStep(plan, neg_q_and_grad, compile_stats(problem, plan, **stats_kwargs))
-    if has_chain:
-        estep = _chain_estep(problem, plan, estep, compile_kwargs)
-        return estep, mstep, EMMap(estep=estep, mstep=lambda x, e: mstep(x, e.expectations))
-    if not plan.complete:
-        return estep, mstep, EMMap(estep=estep, mstep=lambda x, e: mstep(x, e.expectations))
+    if has_chain or not plan.complete:
+        if has_chain:
+            estep = _chain_estep(problem, plan, estep, compile_kwargs)
+        # The polish's objective: the E-step and Q's gradient at its expectations (a
+        # chain's log likelihood is forward-backward's, not a logsumexp per element).
+        em_map = EMMap(estep=estep, mstep=lambda x, e: mstep(x, e.expectations))
+        return Steps(estep, mstep, em_map, estep_value_and_grad(estep, neg_q_and_grad))
     log_joints = [plan.log_joint(j) for j in range(len(problem.latents))]
     full_estep = compile_estep(problem, log_joints=log_joints, **compile_kwargs)
     if lean_mode == "auto":
         n_elements = sum(int(np.prod(lat.shape)) for lat in problem.latents)
         lean_mode = "NUMBA" if n_elements >= AUTO_NUMBA_SIZE else None
     lean_kwargs = {**compile_kwargs, "mode": lean_mode} if lean_mode else compile_kwargs
-    lean_estep = CheckedLeanEStep(compile_lean_estep(problem, plan, **lean_kwargs), estep)
+    # The model's own E-step, evaluated once to check the lean one: no backend compile.
+    reference = LazyFunction(lambda: compile_estep(problem, name="E-step (check)", mode=CHECK_MODE))
+    lean_estep = CheckedLeanEStep(compile_lean_estep(problem, plan, **lean_kwargs), reference)
 
     def lean_mstep(x, e):
         if isinstance(e, LeanEStepResult):
             return mstep.step(x, e.stats, lambda: full_estep(x).resp)
         return mstep(x, e.resp)
 
-    return full_estep, mstep, EMMap(estep=lean_estep, mstep=lean_mstep, lean=True)
+    fused = value_and_grad(
+        lambda: compile_value_and_grad(problem, log_joints, **compile_kwargs),
+        estep_value_and_grad(full_estep, neg_q_and_grad),
+    )
+    em_map = EMMap(estep=lean_estep, mstep=lean_mstep, lean=True)
+    return Steps(full_estep, mstep, em_map, fused)

@@ -21,6 +21,7 @@ from pm_em.engine.finish import newton_finish, not_worse
 from pm_em.engine.health import Degeneracy, Health, check_start
 from pm_em.engine.monitor import ConvergenceMonitor
 from pm_em.engine.symmetry import duplicate_groups, split_responsibilities
+from pm_em.timing import stage
 
 __all__ = ["MAX_ESCAPES", "MODE_NEWTON_SE", "EMRun", "finish", "polish", "run_em"]
 
@@ -97,7 +98,8 @@ def run_em(
     ``"degenerate"``) when `Health` sees a component collapsing, during the run (`spike`)
     or at its end (`degenerate`).
     """
-    e = compiled.estep(x0)
+    with stage("first E-step"):
+        e = compiled.estep(x0)
     check_start(compiled.problem, e, x0, run_index)
     run = EMRun(x=x0, estep=e)
     monitor = ConvergenceMonitor(tol, max_iter)
@@ -122,8 +124,14 @@ def _iterate(compiled, run: EMRun, monitor, health: Health, budget, accelerate, 
         x_new, e_new = step(run.x, e, valid)
         collapsed = health.spike(e_new)
         if collapsed:
-            # Name the component if the last sound point already shows it shrinking.
+            # Name the component if the last sound point already shows it shrinking, else
+            # where it collapsed (one step can take a scale from O(1) to 1e-11: on tied
+            # values the update's round-off decides which iteration crosses the threshold).
             named = health.degenerate(compiled.estep(run.x), run.x)
+            if named is None:
+                at_collapse = health.degenerate(compiled.estep(x_new), x_new)
+                if at_collapse is not None and at_collapse.component is not None:
+                    named = at_collapse
             run.status, run.degeneracy = "degenerate", named
             run.message = named.message if named is not None else collapsed
             break

@@ -3,8 +3,8 @@
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from pymc.pytensorf import compile as compile_pymc
 
+from pm_em.compiling import compile_with_data
 from pm_em.reading.missing import mix_conditionals
 from pm_em.reading.problem import EMProblem
 
@@ -19,7 +19,9 @@ def compile_point_values(
     graphs = [*problem.constrained.values(), *problem.deterministics.values()]
     if not graphs:
         return lambda x: {}
-    fn = compile_pymc([problem.x], graphs, on_unused_input="ignore", **compile_kwargs)
+    fn = compile_with_data(
+        problem.model, [problem.x], graphs, name="point values", **compile_kwargs
+    )
 
     def values(x: np.ndarray) -> dict[str, np.ndarray]:
         return dict(zip(names, (np.asarray(v) for v in fn(x)), strict=True))
@@ -34,7 +36,7 @@ def compile_missing(
     if not problem.missing:
         return lambda x, resp: {}
     graphs = [g for spec in problem.missing for g in (spec.mean, spec.var)]
-    fn = compile_pymc([problem.x], graphs, on_unused_input="ignore", **compile_kwargs)
+    fn = compile_with_data(problem.model, [problem.x], graphs, name="imputations", **compile_kwargs)
     latent_index = {lat.name: i for i, lat in enumerate(problem.latents)}
 
     def impute(x, resp):

@@ -24,11 +24,13 @@ from pytensor.graph.basic import Variable
 from pytensor.graph.traversal import ancestors
 
 from pm_em.reading.chains import read_chains
+from pm_em.reading.initial_point import initial_point
 from pm_em.reading.latents import LatentDraft, read_explicit_latents
 from pm_em.reading.missing import Imputed, find_imputed, missing_values, mvnormal_rows
 from pm_em.reading.mixtures import latent_name, read_marginal_mixtures
 from pm_em.reading.observed import check_observed, observed_data
 from pm_em.reading.problem import EMProblem, Latent, MissingValues, Parameter
+from pm_em.timing import stage
 
 __all__ = ["READERS", "ReadContext", "build_problem"]
 
@@ -72,6 +74,23 @@ class ReadContext:
         return {self.model[imp.observed]: imp for imp in self.imputed}
 
     @cached_property
+    def _logp_terms(self) -> dict[Variable, Variable]:
+        # One call for every variable: PyMC rewrites the whole model's graph at each call.
+        variables = [*self.model.basic_RVs, *self.model.potentials]
+        try:
+            terms = self.model.logp(vars=variables, jacobian=False, sum=False)
+        except Exception:  # a variable PyMC cannot give a density alone: one call each
+            return {}
+        return dict(zip(variables, terms, strict=True))
+
+    def logp_of(self, var: Variable) -> Variable:
+        """Elementwise log density of a model variable or potential (no Jacobian)."""
+        term = self._logp_terms.get(var)
+        if term is None:
+            (term,) = self.model.logp(vars=[var], jacobian=False, sum=False)
+        return term
+
+    @cached_property
     def unobserved(self) -> dict[Variable, Imputed]:
         """The imputed variables, keyed on PyMC's ``<name>_unobserved`` random variable."""
         return {self.model[imp.unobserved]: imp for imp in self.imputed}
@@ -103,25 +122,37 @@ def build_problem(model: pm.Model, latent: Sequence[str] | None = None) -> EMPro
         that is not finite, missing values that other variables depend on, or a discrete
         free variable left out of ``latent``.
     """
-    check_observed(model)
-    ctx = _read_context(model, latent)
-    drafts = _select(ctx, _first_reader_wins([d for reader in READERS for d in reader(ctx)]))
-    drafts, owner_of = _assign_dependents(ctx, drafts)
+    with stage("check data, initial point"):
+        check_observed(model)
+        ctx = _read_context(model, latent)
+    with stage("find latents"):
+        drafts = _select(ctx, _first_reader_wins([d for reader in READERS for d in reader(ctx)]))
+        drafts, owner_of = _assign_dependents(ctx, drafts)
     params_rvs = _parameters(ctx, drafts)
-    prior_terms = _prior_terms(model, params_rvs, owner_of)
-    log_lik_rest, log_lik_dims = _likelihood_rest(ctx, owner_of)
-    built = [draft.build(ctx, draft) for draft in drafts]
+    with stage("log prior, other likelihood terms"):
+        prior_terms = _prior_terms(ctx, params_rvs, owner_of)
+        log_lik_rest, log_lik_dims = _likelihood_rest(ctx, owner_of)
+    with stage("enumerate latents"):
+        built = [draft.build(ctx, draft) for draft in drafts]
     latents = [spec for spec, _ in built]
     missing = [_missing_values(ctx, imp, drafts, latents, owner_of) for imp in ctx.imputed]
-    problem = _flatten(
-        ctx, params_rvs, latents, missing, prior_terms, log_lik_rest, _deterministics(ctx, drafts)
-    )
+    with stage("flatten parameters"):
+        problem = _flatten(
+            ctx,
+            params_rvs,
+            latents,
+            missing,
+            prior_terms,
+            log_lik_rest,
+            _deterministics(ctx, drafts),
+        )
     problem = replace(
         problem, log_lik_dims={**log_lik_dims, **{lat.name: lat.dims for lat in latents}}
     )
-    for draft, spec, (_, terms) in zip(drafts, problem.latents, built, strict=True):
-        if draft.check is not None:
-            draft.check(problem, spec, terms)
+    with stage("separability check"):
+        for draft, spec, (_, terms) in zip(drafts, problem.latents, built, strict=True):
+            if draft.check is not None:
+                draft.check(problem, spec, terms)
     return problem
 
 
@@ -140,7 +171,7 @@ def _read_context(model: pm.Model, latent: Sequence[str] | None) -> ReadContext:
     return ReadContext(
         model=model,
         latent=None if latent is None else tuple(latent),
-        point=model.initial_point(),
+        point=initial_point(model),
         all_imputed=all_imputed,
         imputed=imputed,
     )
@@ -250,13 +281,10 @@ def _parameters(ctx: ReadContext, drafts: list[LatentDraft]) -> list[Variable]:
     return [rv for rv in ctx.model.free_RVs if rv not in hidden]
 
 
-def _prior_terms(model, params_rvs, owner_of) -> dict[str, Variable]:
+def _prior_terms(ctx: ReadContext, params_rvs, owner_of) -> dict[str, Variable]:
     """Return the log prior per term: parameters (no Jacobian, as find_MAP), their potentials."""
-    prior_vars = params_rvs + [p for p in model.potentials if p not in owner_of]
-    if not prior_vars:
-        return {}
-    terms = model.logp(vars=prior_vars, jacobian=False, sum=False)
-    return {v.name: t.sum() for v, t in zip(prior_vars, terms, strict=True)}
+    prior_vars = params_rvs + [p for p in ctx.model.potentials if p not in owner_of]
+    return {v.name: ctx.logp_of(v).sum() for v in prior_vars}
 
 
 def _likelihood_rest(ctx: ReadContext, owner_of):
@@ -273,7 +301,7 @@ def _likelihood_rest(ctx: ReadContext, owner_of):
             log_lik_dims[imp.name] = tuple(user_dims[:-1]) if user_dims else None
         else:
             name = imp.name if imp else rv.name
-            (log_lik_rest[name],) = model.logp(vars=[rv], jacobian=False, sum=False)
+            log_lik_rest[name] = ctx.logp_of(rv)
             # With missing entries, one term per observed entry (PyMC's flat y_observed).
             log_lik_dims[name] = (f"{imp.observed}_dim_0",) if imp else None
     return log_lik_rest, log_lik_dims

@@ -15,12 +15,11 @@ time-varying P (pymc-extras), and dependents that couple two time steps of the c
 
 import numpy as np
 import pytensor.tensor as pt
-from pymc.pytensorf import compile as compile_pymc
 from pymc.pytensorf import constant_fold, resolve_shapes
 from pytensor.graph.basic import Variable
 from pytensor.tensor.random.basic import CategoricalRV
 
-from pm_em.compiling import CHECK_MODE
+from pm_em.compiling import CHECK_MODE, compile_with_data
 from pm_em.distributions.markov_chain import MarkovChainRV
 from pm_em.reading.latents import (
     LatentDraft,
@@ -138,10 +137,10 @@ def build_chain(ctx, draft: LatentDraft) -> tuple[Latent, list[Term]]:
     zv = model.rvs_to_values[z]
     z_shape = tuple(np.shape(ctx.point[zv.name]))
     batch = z_shape[:-1]
-    terms = group_terms(model, deps, ctx.by_observed, ctx.point)
+    terms = group_terms(model, deps, ctx.by_observed, ctx.point, ctx.logp_of)
     try:
         emission = (
-            pt.moveaxis(enumerated_joint(zv, support, z_shape, terms, name), 0, -1)
+            pt.moveaxis(enumerated_joint(model, zv, support, z_shape, terms, name), 0, -1)
             if terms
             else pt.zeros((*z_shape, n_states), dtype="float64")
         )
@@ -204,11 +203,12 @@ def _check_stochastic(problem: EMProblem, spec: Latent) -> None:
     model = problem.model
     P, _, _ = chain_parts(model[spec.name])
     P_name = P.name or "P"
-    fn = compile_pymc(
+    fn = compile_with_data(
+        model,
         [problem.x],
         [pt.exp(spec.log_trans), pt.exp(spec.log_init)],
+        name="stochastic check",
         mode=CHECK_MODE,
-        on_unused_input="ignore",
     )
     rng = np.random.default_rng(20261201)
     start = np.where(np.isfinite(problem.start), problem.start, 0.0)

@@ -12,13 +12,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pymc as pm
-import pytensor
 import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
 from pytensor.graph.replace import vectorize_graph
 from pytensor.graph.traversal import ancestors
 
-from pm_em.compiling import CHECK_MODE
+from pm_em.compiling import CHECK_MODE, compile_with_data
+from pm_em.reading.component_logp import component_logps
 from pm_em.reading.enumerate import align, axes_map, enumerated
 from pm_em.reading.missing import Imputed, mvnormal_rows
 from pm_em.reading.observed import observed_data
@@ -40,6 +40,8 @@ class Term:
     # the full data shape; the missing positions contribute 0 (integrated out).
     positions: np.ndarray | None = None
     full_shape: tuple[int, ...] | None = None
+    # The model variable whose plain density this is (None: imputed, rows, potentials).
+    var: Variable | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,16 +126,29 @@ def dependents(model: pm.Model, z: Variable, blockers: frozenset[Variable]) -> l
 
 
 def term_shapes(model: pm.Model, graphs: list[Variable], point: dict) -> list[tuple[int, ...]]:
-    """Evaluate the shapes of ``graphs`` at the model's initial point."""
+    """Return the shapes of ``graphs``: static ones as they are, others at the initial point."""
+    static = [g.type.shape for g in graphs]
+    if all(None not in shape for shape in static):
+        return [tuple(int(s) for s in shape) for shape in static]
     inputs = [v for v in model.value_vars if v.name in point]
-    fn = pytensor.function(
-        inputs, [g.shape for g in graphs], mode=CHECK_MODE, on_unused_input="ignore"
+    fn = compile_with_data(
+        model, inputs, [g.shape for g in graphs], name="term shapes", mode=CHECK_MODE
     )
     return [tuple(int(s) for s in shp) for shp in fn(*(point[v.name] for v in inputs))]
 
 
-def group_terms(model, variables, by_observed: dict[Variable, Imputed], point) -> list[Term]:
-    """Return the elementwise log density of each of ``variables`` (missing ones integrated out)."""
+def group_terms(
+    model, variables, by_observed: dict[Variable, Imputed], point, logp_of=None
+) -> list[Term]:
+    """Return the elementwise log density of each of ``variables`` (missing ones integrated out).
+
+    ``logp_of(var)``, if given, returns a variable's elementwise log density (no Jacobian).
+    """
+    if logp_of is None:
+
+        def logp_of(var):
+            return model.logp(vars=[var], jacobian=False, sum=False)[0]
+
     terms = []
     for var in variables:
         imp = by_observed.get(var)
@@ -141,12 +156,12 @@ def group_terms(model, variables, by_observed: dict[Variable, Imputed], point) -
             graph = mvnormal_rows(model, imp)[0]
             terms.append(Term(imp.name, graph, imp.mask.shape[:-1]))
             continue
-        (graph,) = model.logp(vars=[var], jacobian=False, sum=False)
+        graph = logp_of(var)
         if imp is not None:
             positions = np.flatnonzero(~imp.mask.ravel())
             terms.append(Term(imp.name, graph, (positions.size,), positions, imp.mask.shape))
         else:
-            terms.append(Term(var.name, graph, None))
+            terms.append(Term(var.name, graph, None, var=var))
     shapes = term_shapes(model, [t.graph for t in terms], point)
     return [
         t if t.shape is not None else replace(t, shape=s)
@@ -164,8 +179,9 @@ def build_explicit(ctx, draft: LatentDraft) -> tuple[Latent, list[Term]]:
     support = finite_support(z, name)
     zv = model.rvs_to_values[z]
     z_shape = tuple(np.shape(ctx.point[zv.name]))
-    terms = group_terms(model, [z, *deps], ctx.by_observed, ctx.point)
-    log_joint = pt.moveaxis(enumerated_joint(zv, support, z_shape, terms, name), 0, -1)
+    terms = group_terms(model, [z, *deps], ctx.by_observed, ctx.point, ctx.logp_of)
+    joint = enumerated_joint(model, zv, support, z_shape, terms, name)
+    log_joint = pt.moveaxis(joint, 0, -1)
     observed = tuple(
         ctx.by_observed[d].name if d in ctx.by_observed else d.name
         for d in deps
@@ -188,14 +204,23 @@ def build_explicit(ctx, draft: LatentDraft) -> tuple[Latent, list[Term]]:
     return spec, terms
 
 
-def enumerated_joint(zv, support, z_shape, terms: list[Term], name: str) -> Variable:
-    """Sum of the terms with every element of z at each support value: (K, *z_shape)."""
+def enumerated_joint(model, zv, support, z_shape, terms: list[Term], name: str) -> Variable:
+    """Sum of the terms with every element of z at each support value: (K, *z_shape).
+
+    A dependent whose parameters take z through gathers gets one density per support value,
+    built as PyMC's Mixture builds a component's (`pm_em.reading.component_logp`); other
+    terms are vectorized over the support.
+    """
     n_support = support.size
     values = enumerated(zv, support, z_shape)
     parts = []
     for term in terms:
-        # Entry [k, ...] is the term with every element of z at support value k.
-        batched = vectorize_graph(term.graph, replace={zv: values})
+        logps = None if term.var is None else component_logps(model, zv, term.var, support)
+        if logps is not None:
+            batched = pt.stack([pt.broadcast_to(lp, term.shape) for lp in logps])
+        else:
+            # Entry [k, ...] is the term with every element of z at support value k.
+            batched = vectorize_graph(term.graph, replace={zv: values})
         batched = pt.broadcast_to(batched, (n_support, *term.shape)).astype("float64")
         shape = term.shape
         if term.positions is not None:

@@ -27,6 +27,7 @@ from pymc.logprob.transforms import SimplexTransform
 from pytensor.graph.basic import Constant, Variable
 from pytensor.tensor.elemwise import DimShuffle
 
+from pm_em.compile_cache import no_c_compiler
 from pm_em.compiling import CHECK_MODE
 from pm_em.reading.latents import LatentDraft, term_shapes
 from pm_em.reading.mixture_graph import MarginalMixture, as_mixture, latent_name, mixture_terms
@@ -170,7 +171,8 @@ def _check_weights(ctx, mixture: MarginalMixture) -> None:
     else:
         (graph,) = model.replace_rvs_by_values([weights])
         inputs = [v for v in model.value_vars if v.name in ctx.point]
-        fn = pytensor.function(inputs, graph, mode=CHECK_MODE, on_unused_input="ignore")
+        with no_c_compiler(CHECK_MODE):
+            fn = pytensor.function(inputs, graph, mode=CHECK_MODE, on_unused_input="ignore")
         values = np.asarray(fn(*(ctx.point[v.name] for v in inputs)), dtype="float64")
     total = values.sum(axis=-1)
     if np.all((values >= 0) & (values <= 1)) and np.allclose(total, 1.0):

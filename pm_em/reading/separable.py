@@ -8,10 +8,9 @@ each element's term depends on its own value alone. The shape check in
 
 import numpy as np
 import pytensor.tensor as pt
-from pymc.pytensorf import compile as compile_pymc
 from pymc.pytensorf import join_nonshared_inputs
 
-from pm_em.compiling import CHECK_MODE
+from pm_em.compiling import CHECK_MODE, compile_with_data
 from pm_em.reading.problem import EMProblem, Latent
 
 __all__ = ["check_separable"]
@@ -38,11 +37,21 @@ def check_separable(problem: EMProblem, spec: Latent, terms: list) -> None:
         else ([joint], problem.x)
     )
     # pymc's compile turns parameter checks (e.g. a non-PD covariance at the random test
-    # point) into -inf instead of raising.
-    joint_fn = compile_pymc([x, zv], joint_x, mode=CHECK_MODE, on_unused_input="ignore")
-    log_joint_fn = compile_pymc(
-        [problem.x], spec.log_joint, mode=CHECK_MODE, on_unused_input="ignore"
+    # point) into -inf instead of raising. With the data as inputs, a model of the same
+    # structure reuses both functions (`pm_em.compile_cache`).
+    joint_call = compile_with_data(
+        model, [x, zv], [joint_x], name="separability check", mode=CHECK_MODE
     )
+    log_joint_call = compile_with_data(
+        model, [problem.x], [spec.log_joint], name="separability check", mode=CHECK_MODE
+    )
+
+    def joint_fn(x_value, z_value):
+        return joint_call(x_value, z_value)[0]
+
+    def log_joint_fn(x_value):
+        return log_joint_call(x_value)[0]
+
     rng = np.random.default_rng(20261122)
     start = np.where(np.isfinite(problem.start), problem.start, 0.0)
     # Several assignments: a structured one (a palindrome for z[::-1]) can agree by chance.
