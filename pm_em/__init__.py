@@ -13,13 +13,15 @@ readers in `reading.build.READERS`);
 polish; `pm_em.fitting` is `fit`; `pm_em.results` packages the DataTree and puts EM beside the
 full posterior (`sample_marginal`, `compare`, `laplace`, `loo`, `information_criteria`, plots).
 
-Compilation: pm_em compiles its graphs with PyTensor's ``"CVM"`` (C) mode by default, whose
-on-disk cache is keyed on the operations rather than the data, so a new data set of the same
-model costs about a second instead of a fresh Numba compile. The per-iteration E-step of a
-closed-form model (``lean_mode``) uses Numba from 250,000 latent elements on, where it runs
-faster, and CVM below (`pm_em.compiling.default_compile_kwargs`). Pass e.g.
+Compilation (`pm_em.compiling.default_compile_kwargs`, ``mode="auto"``): small problems run
+PyTensor's rewritten graphs with Python-linked operations (no C compile at all, so a first
+fit on a fresh machine takes about a second), larger ones C ("CVM"), whose on-disk cache is
+keyed on the operations rather than the data; the per-iteration E-step of a closed-form
+model (``lean_mode``) uses Numba from 250,000 latent elements on. Every compiled function is
+kept by the structure of its graph, with the data as inputs (`pm_em.compile_cache`), so a
+new model of the same structure compiles nothing. Pass e.g.
 ``compile_kwargs={"mode": "NUMBA", "lean_mode": "NUMBA"}`` to `fit` for another backend;
-``./dev bench`` measures them.
+``./dev bench`` measures them, and ``pm_em.timing.record()`` shows where a fit's time goes.
 
 Scaling out: ``fit(..., data=, chunk_size=, client=, store=)`` runs the E-step by chunks of
 rows, in this process or on a Dask cluster (`pm_em.chunked_fit`; the ``dask`` extra).
