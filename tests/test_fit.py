@@ -252,6 +252,9 @@ def test_impossible_start_is_refused():
         pm.Uniform("y", lower=0.0, upper=lam[z], observed=np.array([0.5, 1.0, 50.0]))
     with pytest.raises(ValueError, match=r"no value of latent 'z' can explain element\(s\) \[2\]"):
         pm_em.fit(model, init="initial_point", progressbar=False)
+    # The chunked engine checks its start per chunk, with the same message.
+    with pytest.raises(ValueError, match=r"no value of latent 'z' can explain element\(s\) \[2\]"):
+        pm_em.fit(model, init="initial_point", chunk_size=2, progressbar=False)
 
 
 def test_model_from_context(data):

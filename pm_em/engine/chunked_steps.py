@@ -16,7 +16,7 @@ import numpy as np
 from pm_em.engine.accel import EMMap
 from pm_em.engine.chunked import tree_sum
 from pm_em.engine.chunked_model import ChunkedModel
-from pm_em.engine.health import _COLLAPSE_NATS
+from pm_em.engine.health import _COLLAPSE_NATS, zero_density_error
 from pm_em.engine.mstep import ClosedFormMStep, NumericMStep
 
 __all__ = ["ChunkedEStep", "ChunkedEngine"]
@@ -184,12 +184,7 @@ class ChunkedEngine:
             )
         for lat, bad in zip(problem.latents, e.bad, strict=True):
             if bad.size:
-                raise ValueError(
-                    f"At the starting point (run {run}) no value of latent '{lat.name}' can "
-                    f"explain element(s) {bad[:5].tolist()} of {list(lat.observed)}: every "
-                    "assignment has zero density. Check the data against the model's support, "
-                    "or start elsewhere with `initvals`."
-                )
+                raise zero_density_error(lat, bad, run)
         for name, finite in e.finite_terms.items():
             if not finite:
                 raise ValueError(

@@ -296,12 +296,17 @@ def _check_latent_start(lat, lm: np.ndarray, run: int) -> None:
         _refuse_nan(lat.log_joint, f"latent '{lat.name}' with {list(lat.observed)}", nan, run)
     bad = np.flatnonzero(~np.isfinite(lm))
     if bad.size:
-        raise ValueError(
-            f"At the starting point (run {run}) no value of latent '{lat.name}' can "
-            f"explain element(s) {bad[:5].tolist()} of {list(lat.observed)}: every "
-            "assignment has zero density. Check the data against the model's support, "
-            "or start elsewhere with `initvals`."
-        )
+        raise zero_density_error(lat, bad, run)
+
+
+def zero_density_error(lat, bad: np.ndarray, run: int) -> ValueError:
+    """Return the error for elements ``bad`` of latent ``lat`` that no support value explains."""
+    return ValueError(
+        f"At the starting point (run {run}) no value of latent '{lat.name}' can "
+        f"explain element(s) {bad[:5].tolist()} of {list(lat.observed)}: every "
+        "assignment has zero density. Check the data against the model's support, "
+        "or start elsewhere with `initvals`."
+    )
 
 
 def _refuse_nan(graph, what: str, elements: np.ndarray, run: int) -> None:
