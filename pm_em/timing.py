@@ -10,10 +10,12 @@ on a new model from them::
     print(timings.table())
 
 Stages nest: a stage entered inside another is reported under it, and each stage's time
-includes its children's.
+includes its children's. While `tracemalloc` traces, each stage's peak of traced memory is
+recorded too (``Timings.peak_bytes``).
 """
 
 import time
+import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -32,11 +34,25 @@ class Timings:
         Inclusive time per path (outermost stage first).
     counts : dict of {tuple of str: int}
         How many times each path was entered.
+    peak_bytes : dict of {tuple of str: int}
+        Highest memory traced by `tracemalloc` while each path ran (all that was allocated
+        then, including what was allocated before it); empty unless tracemalloc traced.
     """
 
     seconds: dict[tuple[str, ...], float] = field(default_factory=dict)
     counts: dict[tuple[str, ...], int] = field(default_factory=dict)
+    peak_bytes: dict[tuple[str, ...], int] = field(default_factory=dict)
     _stack: list[str] = field(default_factory=list, repr=False)
+    _open: list[tuple[tuple[str, ...], list[int]]] = field(default_factory=list, repr=False)
+
+    def _memory_mark(self) -> None:
+        """Give every open stage the peak since the last mark, and start a new interval."""
+        if not tracemalloc.is_tracing():
+            return
+        peak = tracemalloc.get_traced_memory()[1]
+        for _, best in self._open:
+            best[0] = max(best[0], peak)
+        tracemalloc.reset_peak()
 
     def total(self, name: str) -> float:
         """Seconds spent in every stage called ``name``, wherever it was entered (not nested)."""
@@ -69,14 +85,23 @@ def stage(name: str) -> Iterator[None]:
     timings._stack.append(name)
     path = tuple(timings._stack)
     timings.seconds.setdefault(path, 0.0)  # entry order: a stage before its children
+    # One peak per interval between marks, shared by the stages open in it (reset_peak
+    # would otherwise lose an enclosing stage's earlier peak).
+    timings._memory_mark()
+    best = [tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0]
+    timings._open.append((path, best))
     start = time.perf_counter()
     try:
         yield
     finally:
         elapsed = time.perf_counter() - start
+        timings._memory_mark()
+        timings._open.pop()
         timings._stack.pop()
         timings.seconds[path] += elapsed
         timings.counts[path] = timings.counts.get(path, 0) + 1
+        if tracemalloc.is_tracing():
+            timings.peak_bytes[path] = max(timings.peak_bytes.get(path, 0), best[0])
 
 
 @contextmanager

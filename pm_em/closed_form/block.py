@@ -38,6 +38,9 @@ class Block:
     # `stats_k`): K graphs over vectors of length n fuse and vectorize better than one graph
     # over (n, K), which the lean E-step then uses.
     unrolled: bool = False
+    # Whether the (n, K) joint density is cheaper stacked from `log_density_k` than written
+    # over (n, K) at once (rows of an MvNormal: (n, K, d, d) broadcasts otherwise).
+    stack_joint: bool = False
     # Whether `update` takes the flat parameter vector too (``update(stats, current, x=x)``):
     # a block that maximizes numerically over its own coordinates.
     uses_x: bool = False

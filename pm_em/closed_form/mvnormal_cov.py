@@ -42,8 +42,8 @@ class _CovarianceComponents(MvNormalComponents):
 
     uses_x = True
 
-    def __init__(self, ctx: Context, data, mu: Role, mu_prior: Prior | None, covs, groups):
-        self.data, self.mu, self.mu_prior = data, mu, mu_prior
+    def __init__(self, ctx: Context, data, mu: Role, mu_prior: Prior | None, covs, groups, d: int):
+        self.data, self.mu, self.mu_prior, self.d = data, mu, mu_prior, d
         self.covs = covs  # K graphs (d, d) of the model's random variables
         self.groups = groups  # [(component indices, covariance variables)]
         self.problem = ctx.problem
@@ -213,4 +213,4 @@ def match_mvnormal_cov(ctx: Context, comps: Components):
             mu_prior = prior
     elif mu.value.ndim and mu.value.shape[0] != n_support:
         return None
-    return _CovarianceComponents(ctx, data, mu, mu_prior, covs, groups)
+    return _CovarianceComponents(ctx, data, mu, mu_prior, covs, groups, int(d))

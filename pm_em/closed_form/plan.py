@@ -88,8 +88,18 @@ class ClosedFormPlan:
         """Return the latent's joint log density, (n, K), from broadcasts, not gathers."""
         (lp,) = [lp for lp in self.latents if lp.latent_index == latent_index]
         values = self.problem.constrained
+        if any(b.stack_joint for b in lp.blocks) and all(b.unrolled for b in lp.blocks):
+            n_support = self.problem.latents[latent_index].support.size
+            n = self.problem.latents[latent_index].shape[0]
+            columns = [self._log_density_k(lp, values, k) for k in range(n_support)]
+            return pt.stack([pt.broadcast_to(c, (n,)) for c in columns], axis=-1)
         terms = [b.log_density(values) for b in lp.blocks]
         return pt.add(*(pt.as_tensor(t).astype("float64") for t in terms))
+
+    @staticmethod
+    def _log_density_k(lp: _LatentPlan, values, k: int) -> Variable:
+        terms = (pt.as_tensor(b.log_density_k(values, k)).astype("float64") for b in lp.blocks)
+        return pt.add(*terms)
 
     def emission_log_joint(self, latent_index: int) -> Variable | None:
         """Return a chain latent's emissions, (*shape, K), from broadcasts; None if unmatched.
@@ -122,10 +132,7 @@ class ClosedFormPlan:
         (lp,) = matches
         values = self.problem.constrained
         n_support = self.problem.latents[latent_index].support.size
-        logs = [
-            pt.add(*(pt.as_tensor(b.log_density_k(values, k)).astype("float64") for b in lp.blocks))
-            for k in range(n_support)
-        ]  # K graphs of shape (n,)
+        logs = [self._log_density_k(lp, values, k) for k in range(n_support)]  # K of (n,)
         top = logs[0]
         for log_k in logs[1:]:
             top = pt.maximum(top, log_k)

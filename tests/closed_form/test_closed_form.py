@@ -399,3 +399,47 @@ def test_discrete_closed_forms_match_numeric_mstep(kind, prior):
     lean = compile_lean_estep(problem, plan, mode="CVM")
     full = compile_estep(problem, mode="CVM")
     np.testing.assert_allclose(lean(x0).log_marginal[0], full(x0).log_marginal[0], rtol=1e-12)
+
+
+def _mvnormal_model_d(x):
+    d = x.shape[1]
+    with pm.Model() as model:
+        w = pm.Dirichlet("w", a=np.ones(K))
+        mu = pm.Flat("mu", shape=(K, d))
+        cov = pm.Flat("cov", shape=(K, d, d), initval=np.repeat(4 * np.eye(d)[None], K, axis=0))
+        z = pm.Categorical("z", p=w, shape=len(x))
+        pm.MvNormal("y", mu=mu[z], cov=cov[z], observed=x)
+    return model
+
+
+@pytest.mark.parametrize(("d", "unrolled"), [(2, True), (3, True), (3, False)])
+def test_mvnormal_lean_statistics_equal_brute_force_sums(d, unrolled, monkeypatch):
+    # Rows up to MAX_UNROLLED_D long are written one coordinate at a time; longer ones over
+    # (n, K, d, d). Both must give the sums of the class docstring, computed here in numpy
+    # from the responsibilities of the model's own E-step (its gathers, not our broadcasts).
+    import pm_em.closed_form.mvnormal as mvnormal
+
+    if not unrolled:
+        monkeypatch.setattr(mvnormal, "MAX_UNROLLED_D", d - 1)
+    rng = np.random.default_rng(11 + d)
+    y = rng.normal(size=(N_OBS, d)) + rng.choice([-3.0, 0.0, 3.0], size=(N_OBS, 1))
+    problem = build_problem(_mvnormal_model_d(y))
+    plan = match_closed_form(problem)
+    assert plan.complete and (plan.unrolled_terms(0) is not None) == unrolled
+    # A covariance that is positive definite, near the start.
+    x = problem.start + rng.normal(0.0, 0.05, size=problem.start.shape)
+    lean = compile_lean_estep(problem, plan, mode="CVM")(x)
+    resp = compile_estep(problem, mode="CVM")(x).resp[0]  # (n, K)
+    mu = _constrained(problem)(x)["mu"]
+    diff = y[:, None, :] - mu[None]  # (n, K, d)
+    expected = [
+        resp.sum(axis=0),
+        np.einsum("nk,nki->ki", resp, diff),
+        np.einsum("nk,nki,nkj->kij", resp, diff, diff),
+    ]
+    # lean.stats: the weights' statistics, the components' N, A, B, then the values read.
+    end = len(lean.stats) - len(plan.reads)
+    n_k, a, b = lean.stats[end - 3 : end]
+    for got, want in zip((n_k, a, b), expected, strict=True):
+        # Sums of n = N_OBS terms of size O(10): round-off well below 1e-10 relative.
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-9)
