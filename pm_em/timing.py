@@ -11,7 +11,8 @@ on a new model from them::
 
 Stages nest: a stage entered inside another is reported under it, and each stage's time
 includes its children's. While `tracemalloc` traces, each stage's peak of traced memory is
-recorded too (``Timings.peak_bytes``).
+recorded too (``Timings.peak_bytes``); to do so a `record` resets tracemalloc's peak at
+every stage boundary, so read peaks from it, not from ``tracemalloc.get_traced_memory``.
 """
 
 import time

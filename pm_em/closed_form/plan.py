@@ -137,9 +137,14 @@ class ClosedFormPlan:
         for log_k in logs[1:]:
             top = pt.maximum(top, log_k)
         top = pt.switch(pt.isinf(top), 0.0, top)  # no possible value: lse = log 0 = -inf
-        lse = top + pt.log(pt.add(*(pt.exp(log_k - top) for log_k in logs)))
-        safe = pt.switch(pt.isinf(lse), 0.0, lse)
-        resps = [pt.exp(log_k - safe) for log_k in logs]
+        # One exp per (i, k), the E-step's main cost: r_ik = e_ik / Σ_k e_ik. Terms below the
+        # smallest normal double are flushed to zero: an exp with a subnormal result costs
+        # several times a normal one, and such terms change no sum that holds the top term 1.
+        scaled = [_flushed_exp(log_k - top) for log_k in logs]
+        total = pt.add(*scaled)
+        lse = top + pt.log(total)
+        inv = pt.switch(total > 0.0, 1.0 / total, 0.0)  # total = 0: no possible value
+        resps = [e_k * inv for e_k in scaled]
         stats = []
         for block in lp.blocks:
             per_k = [block.stats_k(resps[k], values, k) for k in range(n_support)]
@@ -204,6 +209,15 @@ class ClosedFormPlan:
                 return None
             x_new[slot.index] = u.ravel()
         return x_new
+
+
+# log of the smallest normal double: exp below it is subnormal (slow) or zero.
+_LOG_TINY = float(np.log(np.finfo("float64").tiny))
+
+
+def _flushed_exp(v: Variable) -> Variable:
+    """exp(v), with results below the smallest normal double set to 0."""
+    return pt.switch(v < _LOG_TINY, 0.0, pt.exp(v))
 
 
 def _children(model: pm.Model, free: list[Variable]) -> dict[Variable, set[Variable]]:
