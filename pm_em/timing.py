@@ -43,7 +43,7 @@ class Timings:
     seconds: dict[tuple[str, ...], float] = field(default_factory=dict)
     counts: dict[tuple[str, ...], int] = field(default_factory=dict)
     peak_bytes: dict[tuple[str, ...], int] = field(default_factory=dict)
-    _stack: list[str] = field(default_factory=list, repr=False)
+    # The stages open now, innermost last: each path and its peak so far (a list, to update).
     _open: list[tuple[tuple[str, ...], list[int]]] = field(default_factory=list, repr=False)
 
     def _memory_mark(self) -> None:
@@ -83,8 +83,7 @@ def stage(name: str) -> Iterator[None]:
     if timings is None:
         yield
         return
-    timings._stack.append(name)
-    path = tuple(timings._stack)
+    path = (*timings._open[-1][0], name) if timings._open else (name,)
     timings.seconds.setdefault(path, 0.0)  # entry order: a stage before its children
     # One peak per interval between marks, shared by the stages open in it (reset_peak
     # would otherwise lose an enclosing stage's earlier peak).
@@ -98,7 +97,6 @@ def stage(name: str) -> Iterator[None]:
         elapsed = time.perf_counter() - start
         timings._memory_mark()
         timings._open.pop()
-        timings._stack.pop()
         timings.seconds[path] += elapsed
         timings.counts[path] = timings.counts.get(path, 0) + 1
         if tracemalloc.is_tracing():
