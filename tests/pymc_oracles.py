@@ -73,7 +73,14 @@ def pymc_mode(
 
     best = None
     for start in starts:
-        res = _maximize(neg, _to_unconstrained(model, start, value_vars))
+        u0 = _to_unconstrained(model, start, value_vars)
+        res = optimize.minimize(
+            neg,
+            u0,
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": 20000, "maxcor": 30, "ftol": 1e-15, "gtol": 1e-11},
+        )
         if best is None or -res.fun > -best.fun:
             best = res
     u, step = np.asarray(best.x, dtype="float64"), np.inf
@@ -96,30 +103,6 @@ def pymc_mode(
         max_abs_grad=float(np.max(np.abs(g))),
         newton_step=step,
     )
-
-
-def _maximize(neg, u0: np.ndarray):
-    """Minimize ``neg`` from ``u0``: L-BFGS-B, then BFGS where L-BFGS-B did not get near a mode.
-
-    In two full CI runs (cold compile cache, 2 workers), L-BFGS-B returned the start of an
-    LKJ mixture unchanged (max |grad| 1817 there) although the same call converged in 16
-    iterations in every isolated run; the cause was not found. scipy's BFGS (Python, no
-    state kept between calls) then takes over, so the Newton polish starts near the mode.
-    """
-    res = optimize.minimize(
-        neg,
-        u0,
-        jac=True,
-        method="L-BFGS-B",
-        options={"maxiter": 20000, "maxcor": 30, "ftol": 1e-15, "gtol": 1e-11},
-    )
-    if np.max(np.abs(res.jac)) > 1e-3 * max(1.0, abs(float(res.fun))):
-        retry = optimize.minimize(
-            neg, u0, jac=True, method="BFGS", options={"maxiter": 20000, "gtol": 1e-9}
-        )
-        if retry.fun < res.fun:
-            res = retry
-    return res
 
 
 def _hessian(fn, u: np.ndarray) -> np.ndarray:
